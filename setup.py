@@ -18,7 +18,7 @@ setup(
     packages=find_packages(exclude=['test', 'test.*']),
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
-        ('share/' + PACKAGE, ['package.xml', 'plugin.xml']),
+        ('share/' + PACKAGE, ['package.xml'] + _files('plugin.xml')),
         ('share/' + PACKAGE + '/launch', _files('launch/*_launch.py')),
         ('share/' + PACKAGE + '/config', _files('config/*')),
         ('share/' + PACKAGE + '/urdf', _files('urdf/*')),
@@ -30,7 +30,6 @@ setup(
     maintainer_email='genpolicy@example.com',
     description='Safe execution of generative robot policies: CBF-QP filter, runtime monitor.',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             # ROS 2 nodes (ros2 run genpolicy_ros <name>)
