@@ -1,0 +1,95 @@
+"""Cost of one monitor decision: chunk checks + consistency score + gate (p50/p99 per decision).
+
+Runs the real ``RuntimeMonitor`` (config/monitor.yaml, Franka limits) on synthetic chunks of
+``N`` samples x ``H`` = 16 steps x ``D`` = 3, one decision every 0.8 s of simulated time, with
+joint states, camera frames and safe commands fed between decisions (not timed) so the gate
+sees live inputs. The threshold comes from a split-conformal calibration on 19 synthetic
+nominal episodes (the benchmark's own data; it is not the policy's calibration).
+
+Usage: ``python benchmarks/monitor_bench.py [--samples 16 32] [--decisions 1000]``. The last
+line is ``monitor_p99_ms=<float>`` for the default N (the first of ``--samples``).
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault('OMP_NUM_THREADS', '1')  # 2 shared cores: never fan out BLAS threads
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+import numpy as np  # noqa: E402
+
+from genpolicy_ros.monitor.calibration import calibrate  # noqa: E402
+from genpolicy_ros.monitor.consistency import ConsistencyScorer  # noqa: E402
+from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor  # noqa: E402
+from genpolicy_ros.robot import FrankaModel  # noqa: E402
+
+H, D = 16, 3
+TIMES = 0.1 * np.arange(H)
+DECISION_S = 0.8
+
+
+def _chunk(rng: np.random.Generator, stamp: float, n: int) -> np.ndarray:
+    t = stamp + TIMES
+    mean = np.array([0.5, 0.0, 0.1]) + t[:, None] * np.array([0.05, 0.02, 0.0])
+    return mean[None] + rng.uniform(0.002, 0.008) * rng.normal(size=(n, H, D))
+
+
+def bench(n: int, decisions: int, config: MonitorConfig, limits) -> dict:
+    """Return per-decision timings [ms] for ``n`` samples per chunk."""
+    rng = np.random.default_rng(n)
+    episodes = []
+    for _ in range(19):
+        scorer = ConsistencyScorer(config.consistency)
+        episodes.append([scorer.score(k * DECISION_S, TIMES,
+                                      _chunk(rng, k * DECISION_S, n)).score for k in range(8)])
+    cal = calibrate(episodes, 0.05, 'synthetic-benchmark', config.consistency.definition())
+    monitor = RuntimeMonitor(config, limits.velocity, limits.acceleration, cal)
+    q = np.zeros(7)
+    total, score_only = [], []
+    warmup = 20
+    for k in range(decisions + warmup):
+        stamp = k * DECISION_S
+        now = stamp + 0.05
+        monitor.on_joint_state(q, q, now, now)
+        monitor.on_camera(now, now)
+        monitor.on_safe_command(q, q, now, False, now)
+        samples = _chunk(rng, stamp, n)
+        t0 = time.perf_counter()
+        result = monitor.on_chunk_samples(stamp, TIMES, samples, now)
+        t1 = time.perf_counter()
+        monitor.update(now)
+        t2 = time.perf_counter()
+        if result is None:
+            raise RuntimeError('the benchmark chunk was rejected: ' + str(monitor.status()))
+        if k >= warmup:
+            total.append((t2 - t0) * 1e3)
+            score_only.append((t1 - t0) * 1e3)
+    total_a, score_a = np.array(total), np.array(score_only)
+    return {'n': n, 'decisions': decisions, 'p50': np.percentile(total_a, 50),
+            'p99': np.percentile(total_a, 99), 'max': total_a.max(),
+            'chunk_p99': np.percentile(score_a, 99), 'mode': monitor.mode.name}
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--samples', type=int, nargs='+', default=[16, 32],
+                        help='samples per chunk N; the first is the default N')
+    parser.add_argument('--decisions', type=int, default=1000)
+    args = parser.parse_args()
+    config = MonitorConfig.load()
+    limits = FrankaModel().limits
+    rows = [bench(n, args.decisions, config, limits) for n in args.samples]
+    print(f'monitor decision cost (on_chunk_samples + update), H={H}, D={D}, '
+          f'{args.decisions} decisions each')
+    print(f'{"N":>4} {"p50_ms":>8} {"p99_ms":>8} {"max_ms":>8} {"chunk_p99_ms":>13} '
+          f'{"final_mode":>10}')
+    for r in rows:
+        print(f'{r["n"]:>4} {r["p50"]:>8.3f} {r["p99"]:>8.3f} {r["max"]:>8.3f} '
+              f'{r["chunk_p99"]:>13.3f} {r["mode"]:>10}')
+    print(f'monitor_p99_ms={rows[0]["p99"]:.4f}')
+
+
+if __name__ == '__main__':
+    main()
