@@ -34,7 +34,7 @@ def _scripts():
 
 
 def _launch_references():
-    """(executables, config files) named by the launch files' source."""
+    """Return the (executables, config files) the launch files' source names."""
     executables, configs = set(), set()
     for launch in sorted((REPO_ROOT / 'launch').glob('*_launch.py')):
         src = launch.read_text()
@@ -69,7 +69,8 @@ def test_launch_files_name_only_existing_things():
 
 @pytest.mark.timeout(300)
 def test_colcon_build_installs_the_package(tmp_path):
-    colcon = shutil.which('colcon', path=str(Path(sys.executable).parent)) or shutil.which('colcon')
+    colcon = (shutil.which('colcon', path=str(Path(sys.executable).parent))
+              or shutil.which('colcon'))
     if colcon is None:
         pytest.skip('colcon is not installed (pip install colcon-common-extensions)')
     (tmp_path / 'src').mkdir()
