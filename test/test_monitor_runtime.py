@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from genpolicy_ros.config_io import read_core_parameters
 from genpolicy_ros.monitor.calibration import calibrate
 from genpolicy_ros.monitor.config_util import unflatten
 from genpolicy_ros.monitor.consistency import ConsistencyScorer, OverlapStatus
@@ -11,7 +12,6 @@ from genpolicy_ros.monitor.watchdogs import FaultKind
 from genpolicy_ros.paths import config_path
 import numpy as np
 import pytest
-import yaml
 
 V_MAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
 A_MAX = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0])
@@ -213,8 +213,7 @@ def _leaves(d, prefix=''):
 
 def test_yaml_uses_ros_parameter_types_and_survives_ros_flattening(config):
     """Yaml uses ros parameter types and survives ros flattening."""
-    data = yaml.safe_load(config_path('monitor.yaml').read_text())
-    params = data['monitor_node']['ros__parameters']
+    params = read_core_parameters('monitor.yaml', 'monitor_node')
     flat = dict(_leaves(params))
     for name, value in flat.items():
         assert type(value) in (bool, int, float, str), name
@@ -223,8 +222,7 @@ def test_yaml_uses_ros_parameter_types_and_survives_ros_flattening(config):
 
 def test_config_is_strict_about_missing_unknown_and_mistyped_keys():
     """Config is strict about missing unknown and mistyped keys."""
-    params = yaml.safe_load(config_path('monitor.yaml').read_text())
-    params = params['monitor_node']['ros__parameters']
+    params = read_core_parameters('monitor.yaml', 'monitor_node')
     flat = dict(_leaves(params))
     missing = dict(flat)
     del missing['gate.recovery_time_s']

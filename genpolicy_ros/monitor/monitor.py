@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
+from genpolicy_ros.config_io import read_core_parameters
 from genpolicy_ros.monitor.calibration import Calibration, load_calibration
 from genpolicy_ros.monitor.config_util import take
 from genpolicy_ros.monitor.consistency import (ConsistencyConfig, ConsistencyScore,
@@ -19,7 +20,6 @@ from genpolicy_ros.monitor.gate import CommandGate, Gate, GateConfig, Mode, Tran
 from genpolicy_ros.monitor.watchdogs import Fault, FaultKind, WatchdogConfig, Watchdogs
 from genpolicy_ros.paths import config_path
 import numpy as np
-import yaml
 
 NODE_NAME = 'monitor_node'
 CONFIG_FILE = 'monitor.yaml'
@@ -54,13 +54,7 @@ class MonitorConfig:
     @classmethod
     def load(cls, path: Union[str, Path, None] = None) -> 'MonitorConfig':
         """Read ``path`` (default ``config/monitor.yaml``), ROS 2 parameter-file layout."""
-        path = Path(path) if path is not None else config_path(CONFIG_FILE)
-        data = yaml.safe_load(Path(path).read_text())
-        try:
-            params = data[NODE_NAME]['ros__parameters']
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f'{path}: expected {NODE_NAME}: ros__parameters: ...') from exc
-        return cls.from_dict(params)
+        return cls.from_dict(read_core_parameters(CONFIG_FILE, NODE_NAME, path))
 
 
 @dataclass(frozen=True)

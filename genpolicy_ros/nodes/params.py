@@ -10,9 +10,8 @@ from typing import Any, Dict, Optional
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-import yaml
 
-from genpolicy_ros.paths import config_path
+from genpolicy_ros.config_io import read_ros_parameters
 
 # Units are part of the parameter names (``_s``, ``_hz``, ``_mps`` ...); say them in descriptors.
 _UNIT_SUFFIXES = {
@@ -24,14 +23,7 @@ _UNIT_SUFFIXES = {
 def load_node_params(config_file: str, node_name: str,
                      path: Optional[Path] = None) -> Dict[str, Any]:
     """Return the flattened ``ros__parameters`` of ``node_name`` in ``config/<config_file>``."""
-    path = Path(path) if path is not None else config_path(config_file)
-    with open(path, 'r', encoding='utf-8') as f:
-        doc = yaml.safe_load(f) or {}
-    try:
-        params = doc[node_name]['ros__parameters']
-    except (KeyError, TypeError) as exc:
-        raise KeyError(f'{path} has no "{node_name}: ros__parameters:" block') from exc
-    return flatten(params)
+    return flatten(read_ros_parameters(config_file, node_name, path))
 
 
 def flatten(params: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
