@@ -1,12 +1,13 @@
 """Launch the whole genpolicy_ros stack on the PyBullet simulation.
 
     ros2 launch genpolicy_ros sim_launch.py [gui:=true] [policy:=flow|expert]
-        [checkpoint:=/path/to.pt] [operator_view:=true]
+        [operator_view:=true]
 
 Graph: sim_node (/joint_states, camera) -> policy_node (/genpolicy/action_chunk, samples)
 -> safety_filter_node (/genpolicy/safe_command) -> monitor_node (/genpolicy/arm_command)
 -> sim_node. Every parameter comes from config/*.yaml; the arguments above override a few.
-The same node classes and YAML files run in one process under ``genpolicy-sim``.
+The same node classes and YAML files run in one process under ``genpolicy-sim``. Another
+checkpoint: add ``checkpoint:=...`` as a ROS parameter override of policy_node.
 """
 
 import os
@@ -28,26 +29,23 @@ def generate_launch_description() -> LaunchDescription:
 
     gui = LaunchConfiguration('gui')
     policy = LaunchConfiguration('policy')
-    checkpoint = LaunchConfiguration('checkpoint')
     operator_view = LaunchConfiguration('operator_view')
     return LaunchDescription([
         DeclareLaunchArgument('gui', default_value='false',
                               description='open the PyBullet GUI window'),
         DeclareLaunchArgument('policy', default_value='flow',
                               description='flow (the trained policy) or expert (scripted)'),
-        DeclareLaunchArgument('checkpoint', default_value='',
-                              description='policy checkpoint; empty = the shipped one'),
         DeclareLaunchArgument('operator_view', default_value='false',
                               description='open the rqt operator view'),
         Node(package='genpolicy_ros', executable='sim_node', name='sim_node', output='screen',
              parameters=[cfg('sim.yaml'), {'gui': gui}]),
         Node(package='genpolicy_ros', executable='policy_node', name='policy_node',
              output='screen',
-             parameters=[cfg('policy.yaml'), {'policy_type': policy, 'checkpoint': checkpoint}]),
+             parameters=[cfg('policy.yaml'), {'node.policy_type': policy}]),
         Node(package='genpolicy_ros', executable='safety_filter_node', name='safety_filter_node',
              output='screen', parameters=[cfg('safety.yaml')]),
         Node(package='genpolicy_ros', executable='monitor_node', name='monitor_node',
              output='screen', parameters=[cfg('monitor.yaml')]),
-        ExecuteProcess(cmd=['rqt', '--standalone', 'genpolicy_ros.rqt.plugin.MonitorPlugin'],
+        ExecuteProcess(cmd=['rqt', '--standalone', 'GenpolicyMonitor'],
                        condition=IfCondition(operator_view), output='screen'),
     ])

@@ -8,4 +8,4 @@ bash scripts/setup_venv.sh
 export QT_QPA_PLATFORM=offscreen
 # A private DDS domain per run keeps concurrent test runs on one machine from hearing each other.
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( ($$ % 100) + 100 ))}
-exec .venv/bin/python -m pytest -m "not slow" "$@"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,89 @@
+"""Run real rclpy nodes in-process for tests: an executor thread plus a probe node.
+
+Tests publish and subscribe through real DDS (loopback, private domain id from conftest);
+nothing here fakes ROS.
+"""
+
+from contextlib import contextmanager
+import threading
+import time
+from typing import Callable, Dict, Iterator, List
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+
+class Probe(Node):
+    """A node that records every message on the topics it is asked to watch."""
+
+    def __init__(self, context: Context):
+        super().__init__('test_probe', context=context)
+        self.messages: Dict[str, List[object]] = {}
+        self.arrival: Dict[str, List[float]] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, msg_type, topic: str, qos: QoSProfile | int = 10) -> None:
+        """Start recording ``topic``."""
+        self.messages.setdefault(topic, [])
+        self.arrival.setdefault(topic, [])
+
+        def cb(msg, topic=topic):
+            with self._lock:
+                self.messages[topic].append(msg)
+                self.arrival[topic].append(time.monotonic())
+        self.create_subscription(msg_type, topic, cb, qos)
+
+    def count(self, topic: str) -> int:
+        """Messages received on ``topic`` so far."""
+        with self._lock:
+            return len(self.messages.get(topic, []))
+
+    def last(self, topic: str):
+        """Most recent message on ``topic`` (None before the first)."""
+        with self._lock:
+            msgs = self.messages.get(topic, [])
+            return msgs[-1] if msgs else None
+
+    def clear(self, topic: str) -> None:
+        """Forget what ``topic`` received so far."""
+        with self._lock:
+            self.messages[topic] = []
+            self.arrival[topic] = []
+
+
+@contextmanager
+def ros_graph(*factories: Callable[[Context], Node], threads: int = 4) -> Iterator[tuple]:
+    """Create a private rclpy context, build nodes with ``factories``, spin them in a thread.
+
+    Yields ``(context, probe, nodes)``; everything is destroyed on exit.
+    """
+    context = Context()
+    rclpy.init(context=context)
+    executor = MultiThreadedExecutor(num_threads=threads, context=context)
+    probe = Probe(context)
+    nodes = [f(context) for f in factories]
+    for n in [probe, *nodes]:
+        executor.add_node(n)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield context, probe, nodes
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        for n in [probe, *nodes]:
+            n.destroy_node()
+        rclpy.shutdown(context=context)
+        thread.join(timeout=2.0)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, period_s: float = 0.01) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; return whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period_s)
+    return predicate()
