@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import yaml
 
-from genpolicy_ros.paths import config_path
+from genpolicy_ros.config_io import read_core_parameters
 
 NODE_NAME = 'safety_filter_node'
 BACKENDS = ('daqp', 'cvxpy')
@@ -299,7 +298,5 @@ class SafetyConfig:
 
 
 def load_parameters(path: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
-    """Return the raw ``ros__parameters`` dict of the safety YAML (for overrides in tests)."""
-    with open(path or config_path('safety.yaml'), 'r', encoding='utf-8') as stream:
-        doc = yaml.safe_load(stream)
-    return doc[NODE_NAME]['ros__parameters']
+    """Return the filter's ``ros__parameters`` of the safety YAML (for overrides in tests)."""
+    return read_core_parameters('safety.yaml', NODE_NAME, path)

@@ -1,0 +1,112 @@
+"""The sim node through real rclpy: joint states, camera, commands, refusals, stale hold.
+
+Bad commands are refused without a crash and a silent commander gets a decelerating hold.
+"""
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
+import pytest
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+from genpolicy_ros.nodes import conversions as cv
+from genpolicy_ros.nodes.sim_node import SimNode
+from ros_harness import ros_graph, wait_for
+
+ARM = [f'panda_joint{i}' for i in range(1, 8)]
+
+
+def _q(probe) -> np.ndarray:
+    q, _ = cv.joint_arrays(probe.last('/joint_states'), ARM)
+    return q
+
+
+def _dq(probe) -> np.ndarray:
+    _, dq = cv.joint_arrays(probe.last('/joint_states'), ARM, need_velocity=True)
+    return dq
+
+
+@pytest.fixture(scope='module')
+def graph():
+    with ros_graph(lambda ctx: SimNode(context=ctx)) as (context, probe, nodes):
+        probe.watch(JointState, '/joint_states', 50)
+        probe.watch(Image, '/camera/color/image_raw', qos_profile_sensor_data)
+        probe.watch(CameraInfo, '/camera/color/camera_info', qos_profile_sensor_data)
+        probe.watch(DiagnosticArray, '/diagnostics', 50)
+        pub = probe.create_publisher(JointState, '/genpolicy/arm_command', 10)
+        assert wait_for(lambda: probe.count('/joint_states') > 10, 10.0)
+        yield probe, pub, nodes[0]
+
+
+def test_joint_states_and_camera_flow(graph):
+    probe, _, sim = graph
+    probe.clear('/joint_states')
+    time.sleep(1.0)
+    n = probe.count('/joint_states')
+    assert n >= 100, f'only {n} joint states in 1 s'
+    msg = probe.last('/joint_states')
+    assert msg.name[:7] == ARM and len(msg.position) == 9 and len(msg.velocity) == 9
+    assert wait_for(lambda: probe.count('/camera/color/image_raw') >= 3, 5.0)
+    img = cv.image_to_numpy(probe.last('/camera/color/image_raw'))
+    info = probe.last('/camera/color/camera_info')
+    assert img.shape == (info.height, info.width, 3)
+    assert info.k[0] > 0 and info.k[8] == 1.0
+    assert img.std() > 5.0, 'camera image is blank'
+
+
+def test_command_moves_the_arm_and_stale_command_decelerates_to_hold(graph):
+    probe, pub, sim = graph
+    q0 = _q(probe)
+    v = np.zeros(7)
+    v[0] = 0.3  # rad/s on joint 1
+    t_end = time.monotonic() + 0.6
+    q_cmd = q0.copy()
+    while time.monotonic() < t_end:  # a commander at 100 Hz, integrating its own target
+        q_cmd = q_cmd + 0.01 * v
+        pub.publish(cv.make_joint_state(ARM, probe.get_clock().now().to_msg(), q_cmd, v))
+        time.sleep(0.01)
+    moved = _q(probe)[0] - q0[0]
+    assert moved > 0.08, f'joint 1 moved only {moved:.3f} rad'
+    # Commander goes silent: the driver must bring the arm to rest, not keep going.
+    time.sleep(1.0)
+    assert np.max(np.abs(_dq(probe))) < 0.02
+    q_rest = _q(probe)
+    time.sleep(0.3)
+    assert np.max(np.abs(_q(probe) - q_rest)) < 1e-3, 'arm drifts while holding'
+    assert sim.stats['stale_holds'] >= 1
+
+
+@pytest.mark.parametrize('case', ['nan', 'inf', 'short', 'wrong_names', 'vel_length'])
+def test_bad_commands_are_refused_and_node_keeps_running(graph, case):
+    probe, pub, sim = graph
+    q0 = _q(probe)
+    before = sim.stats['rejected']
+    msg = cv.make_joint_state(ARM, probe.get_clock().now().to_msg(), q0 + 0.3, np.zeros(7))
+    if case == 'nan':
+        msg.position[2] = float('nan')
+    elif case == 'inf':
+        msg.velocity[0] = float('inf')
+    elif case == 'short':
+        msg.position = msg.position[:5]
+    elif case == 'wrong_names':
+        msg.name = [f'fr3_jointX{i}' for i in range(7)]
+    elif case == 'vel_length':
+        msg.velocity = [0.0, 0.0]
+    for _ in range(5):
+        pub.publish(msg)
+        time.sleep(0.02)
+    assert wait_for(lambda: sim.stats['rejected'] >= before + 5, 2.0)
+    probe.clear('/joint_states')
+    assert wait_for(lambda: probe.count('/joint_states') > 20, 2.0), 'node stopped publishing'
+    assert np.max(np.abs(_q(probe) - q0)) < 0.01, 'a refused command moved the arm'
+    probe.clear('/diagnostics')
+
+    def reported():
+        for arr in probe.messages.get('/diagnostics', []):
+            for st in arr.status:
+                if st.name == 'sim_node: driver' and 'refused' in st.message:
+                    return True
+        return False
+    assert wait_for(reported, 3.0), 'refusal not reported on /diagnostics'
