@@ -1,0 +1,250 @@
+"""Lifecycle node that runs the PyBullet world as the arm driver of the stack.
+
+Publishes ``/joint_states`` and the camera (``/camera/color/image_raw``, ``camera_info``),
+consumes ``/genpolicy/arm_command`` (JointState: position + velocity targets). With no valid
+command for ``command_timeout_s`` the arm decelerates to a hold (``safety.hold.decelerate``).
+Bad commands are refused at the edge with a throttled log line and a diagnostics entry. The
+sim also publishes the task's ground truth (``/genpolicy/sim/cube_pose``, ``.../goal``) which
+only the scripted expert and operators use; a learned policy sees the camera.
+"""
+
+import threading
+import time
+from typing import List, Optional
+
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PointStamped, PoseStamped
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import Trigger
+
+from genpolicy_ros.drivers.pybullet_backend import PyBulletBackend
+from genpolicy_ros.nodes import conversions as cv
+from genpolicy_ros.nodes import diagnostics as diag
+from genpolicy_ros.nodes.params import declare_from_yaml
+from genpolicy_ros.safety.hold import decelerate
+from genpolicy_ros.robot import FrankaModel
+from genpolicy_ros.sim.config import SimConfig
+from genpolicy_ros.sim.world import PandaWorld
+
+NODE_NAME = 'sim_node'
+LOG_THROTTLE_S = 1.0
+
+
+class SimNode(LifecycleNode):
+    """PyBullet arm + camera behind the same topics a real driver would serve."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        params = declare_from_yaml(self, 'sim.yaml', NODE_NAME)
+        node_params = params.pop('node')  # node-only settings beside the world's
+        self.config = SimConfig.from_dict(params)
+        self.autostart = bool(node_params['autostart'])
+        self.episode_seed = int(node_params['episode_seed'])
+        # Deceleration bound of the stale-command hold: the arm's own acceleration limits.
+        self.max_decel_radps2 = FrankaModel().limits.acceleration
+        self.max_step_s = float(node_params['max_catch_up_s'])
+        self.backend: Optional[PyBulletBackend] = None
+        self._lock = threading.Lock()
+        self._cmd: Optional[tuple] = None           # (q, dq) last valid command
+        self._cmd_wall: Optional[float] = None      # monotonic time it arrived
+        self._hold_cmd: Optional[tuple] = None      # current decelerating command when stale
+        self._last_tick: Optional[float] = None
+        self.stats = dict(commands=0, rejected=0, stale_holds=0, ticks=0, frames=0)
+        self._last_reject = ''
+        self._timers: List = []
+        if self.autostart:
+            self.trigger_configure()
+            self.trigger_activate()
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Create the world, publishers and subscriptions."""
+        world = PandaWorld(self.config)
+        world.reset(self.episode_seed)
+        self.backend = PyBulletBackend(world)
+        self.backend.stop()
+        names = self.backend.joint_names
+        self.joint_names = names
+        self.finger_names = list(self.config.arm.finger_joint_names)
+        self.pub_js = self.create_lifecycle_publisher(JointState, '/joint_states', 10)
+        self.pub_img = self.create_lifecycle_publisher(
+            Image, '/camera/color/image_raw', qos_profile_sensor_data)
+        self.pub_info = self.create_lifecycle_publisher(
+            CameraInfo, '/camera/color/camera_info', qos_profile_sensor_data)
+        self.pub_cube = self.create_lifecycle_publisher(
+            PoseStamped, '/genpolicy/sim/cube_pose', 10)
+        self.pub_goal = self.create_lifecycle_publisher(PointStamped, '/genpolicy/sim/goal', 10)
+        self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_subscription(JointState, '/genpolicy/arm_command', self._on_command, 10)
+        self.create_service(Trigger, '~/reset_episode', self._on_reset_episode)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start stepping physics and publishing."""
+        group = MutuallyExclusiveCallbackGroup()  # PyBullet is not thread-safe
+        self._last_tick = time.monotonic()
+        self._timers = [
+            self.create_timer(1.0 / self.config.joint_state_rate_hz, self._tick, group),
+            self.create_timer(1.0 / self.config.camera.rate_hz, self._publish_camera, group),
+            self.create_timer(1.0, self._publish_diagnostics, group),
+        ]
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the timers and hold the arm."""
+        for t in self._timers:
+            self.destroy_timer(t)
+        self._timers = []
+        if self.backend is not None:
+            self.backend.stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the world."""
+        if self.backend is not None:
+            self.backend.close()
+            self.backend.world.close()
+            self.backend = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the world on shutdown from any state."""
+        return self.on_cleanup(state)
+
+    # ------------------------------------------------------------------ commands
+    def _on_command(self, msg: JointState) -> None:
+        try:
+            q, dq = cv.joint_arrays(msg, self.joint_names)
+        except cv.InputError as exc:
+            with self._lock:
+                self.stats['rejected'] += 1
+                self._last_reject = str(exc)
+            self.get_logger().warning(f'arm command refused: {exc}',
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        if dq is None:
+            dq = np.zeros_like(q)
+        with self._lock:
+            self._cmd = (q, dq)
+            self._cmd_wall = time.monotonic()
+            self._hold_cmd = None
+            self.stats['commands'] += 1
+
+    def _current_command(self, now: float, dt: float) -> Optional[tuple]:
+        """Return the command to apply now: the latest, or a deceleration once it is stale."""
+        with self._lock:
+            if self._cmd is None:
+                return None
+            if now - self._cmd_wall <= self.config.command_timeout_s:
+                return self._cmd
+            if self._hold_cmd is None:
+                self.stats['stale_holds'] += 1
+                self.get_logger().warning(
+                    f'no arm command for {self.config.command_timeout_s * 1e3:.0f} ms: '
+                    'decelerating to hold', throttle_duration_sec=LOG_THROTTLE_S)
+                self._hold_cmd = self._cmd
+            q, dq = self._hold_cmd
+            self._hold_cmd = decelerate(q, dq, self.max_decel_radps2, dt)
+            return self._hold_cmd
+
+    # ------------------------------------------------------------------ loop
+    def _tick(self) -> None:
+        now = time.monotonic()
+        # Advance simulated time with the wall clock (bounded so a stall does not explode).
+        dt = min(max(now - self._last_tick, 0.0), self.max_step_s)
+        self._last_tick = now
+        cmd = self._current_command(now, max(dt, 1e-3))
+        if cmd is not None:
+            self.backend.command(*cmd)
+        self.backend.advance(dt)
+        self.stats['ticks'] += 1
+        state = self.backend.read_state()
+        stamp = self.get_clock().now().to_msg()
+        width = state.gripper_width / 2.0
+        self.pub_js.publish(cv.make_joint_state(
+            self.joint_names + self.finger_names, stamp,
+            np.concatenate([state.q, [width, width]]),
+            np.concatenate([state.dq, [0.0, 0.0]]),
+            np.concatenate([state.tau, [0.0, 0.0]])))
+
+    def _publish_camera(self) -> None:
+        world = self.backend.world
+        img = world.render()
+        stamp = self.get_clock().now().to_msg()
+        info = world.camera_info()
+        self.pub_img.publish(cv.numpy_to_image(img, stamp, info.frame_id))
+        self.pub_info.publish(cv.make_camera_info(info.width, info.height, info.k, info.p,
+                                                  stamp, info.frame_id))
+        cube = world.cube_pose()
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, 'world'
+        (pose.pose.position.x, pose.pose.position.y, pose.pose.position.z) = map(float, cube[:3])
+        (pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
+         pose.pose.orientation.w) = map(float, cube[3:])
+        self.pub_cube.publish(pose)
+        goal = PointStamped()
+        goal.header = pose.header
+        goal.point.x, goal.point.y = float(world.goal_xy[0]), float(world.goal_xy[1])
+        self.pub_goal.publish(goal)
+        self.stats['frames'] += 1
+
+    def task_status(self) -> dict:
+        """Distance of the cube to the goal [m] and whether the task is solved."""
+        world = self.backend.world
+        cube_xy = world.cube_pose()[:2]
+        return dict(distance_m=world.task.distance_to_goal(cube_xy, world.goal_xy),
+                    success=world.task.is_success(cube_xy, world.goal_xy),
+                    sim_time_s=world.sim_time)
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            stats = dict(self.stats)
+            stale = self._hold_cmd is not None
+            last_reject = self._last_reject
+        problems = []
+        if stale:
+            problems.append('holding: arm command stale')
+        if stats['rejected']:
+            problems.append(f'refused {stats["rejected"]} commands (last: {last_reject})')
+        level = diag.WARN if problems else diag.OK
+        msg = '; '.join(problems) or 'running'
+        task = self.task_status()
+        self.pub_diag.publish(diag.array(self.get_clock().now().to_msg(), [
+            diag.status(NODE_NAME, 'driver', level, msg, stats),
+            diag.status(NODE_NAME, 'task', diag.OK,
+                        'cube at goal' if task['success'] else 'cube not at goal', task)]))
+
+    def _on_reset_episode(self, request, response):
+        """Start the next episode (seed + 1): new cube and goal, arm back at the start."""
+        self.episode_seed += 1
+        world = self.backend.world
+        world.reset(self.episode_seed)
+        self.backend.reset_watchdog()
+        self.backend.stop()
+        with self._lock:
+            self._cmd = None
+            self._hold_cmd = None
+        response.success = True
+        response.message = f'episode seed {self.episode_seed}'
+        return response
+
+
+def main(args=None) -> None:
+    """Run the sim node (``ros2 run genpolicy_ros sim_node``)."""
+    rclpy.init(args=args)
+    node = SimNode()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
