@@ -330,7 +330,7 @@ def test_config_loads_and_validates():
     cfg = SafetyConfig.from_dict(params)
     assert cfg.dt == pytest.approx(1.0 / params['control_rate_hz'])
     assert cfg.speed_cap.max_speed_mps == 0.25
-    assert cfg.joint_limits.margin_rad == 0.1
+    assert cfg.joint_limits.margin_rad == (0.1, 0.1, 0.1, 0.03, 0.1, 0.1, 0.1)
     flat = {}
 
     def flatten(prefix, node):

@@ -98,7 +98,9 @@ class BarrierSet:
             config.speed_cap.max_speed_mps - config.speed_cap.margin_mps,
             config.speed_cap.facets)
         lim = model.limits
-        margin = config.joint_limits.margin_rad
+        margin = np.asarray(config.joint_limits.margin_rad, dtype=float)
+        if margin.shape != (self.nq,):
+            raise ValueError(f'joint_limits.margin_rad needs {self.nq} values, got {margin.size}')
         self.q_lower = np.asarray(lim.lower, dtype=float) + margin
         self.q_upper = np.asarray(lim.upper, dtype=float) - margin
         self.v_max = config.joint_velocity_scale * np.asarray(lim.velocity, dtype=float)

@@ -194,16 +194,18 @@ def validate_obstacles(centers: np.ndarray, radii: np.ndarray, starts: np.ndarra
 
 @dataclass(frozen=True)
 class JointLimitConfig:
-    """Joint position limit barrier: stay ``margin_rad`` inside the URDF limits."""
+    """Joint position limit barrier: stay ``margin_rad[j]`` inside joint j's URDF limits."""
 
     gain: float
-    margin_rad: float
+    margin_rad: tuple  # one non-negative margin per joint [rad]
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> 'JointLimitConfig':
         """Build from the ``joint_limits`` section."""
-        return cls(gain=_gain(params['gain'], 'joint_limits.gain'),
-                   margin_rad=float(params['margin_rad']))
+        margins = tuple(float(m) for m in params['margin_rad'])
+        if any(m < 0.0 or not np.isfinite(m) for m in margins):
+            raise ValueError(f'joint_limits.margin_rad must be >= 0 per joint, got {margins}')
+        return cls(gain=_gain(params['gain'], 'joint_limits.gain'), margin_rad=margins)
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ class SafetyConfig:
     verify_next_state: bool
     max_margin_iterations: int
     linearization_margin_m: float
+    position_anchor_tolerance_rad: float
     slack_linear_weight: float
     slack_quadratic_weight: float
     objective: ObjectiveConfig
@@ -275,6 +278,8 @@ class SafetyConfig:
             verify_next_state=bool(params['verify_next_state']),
             max_margin_iterations=int(params['max_margin_iterations']),
             linearization_margin_m=float(params['linearization_margin_m']),
+            position_anchor_tolerance_rad=_positive(params['position_anchor_tolerance_rad'],
+                                                    'position_anchor_tolerance_rad'),
             slack_linear_weight=_positive(slack['linear_weight'], 'slack.linear_weight'),
             slack_quadratic_weight=_positive(slack['quadratic_weight'],
                                              'slack.quadratic_weight'),

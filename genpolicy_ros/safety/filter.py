@@ -151,7 +151,21 @@ class SafetyFilter:
         """Forget the previous command and solver warm start (next step starts from state.dq)."""
         self._dq_prev: Optional[np.ndarray] = None
         self._q_last: Optional[np.ndarray] = None
+        self._q_cmd_prev: Optional[np.ndarray] = None
         self.backend.reset()
+
+    def _anchor(self, q: np.ndarray) -> np.ndarray:
+        """Return the position the next command integrates from.
+
+        Like MoveIt Servo, commands integrate on the previous *commanded* position, not the
+        measured one: a joint controller that sags under load (gravity, contact) would otherwise
+        never be asked to make up the error, and the arm would drift. The anchor stays within
+        ``position_anchor_tolerance_rad`` of the measurement, so a blocked arm never winds up.
+        """
+        if self._q_cmd_prev is None:
+            return q.copy()
+        tol = self.config.position_anchor_tolerance_rad
+        return q + np.clip(self._q_cmd_prev - q, -tol, tol)
 
     def set_obstacles(self, centers, radii, capsule_starts=None, capsule_ends=None,
                       capsule_radii=None) -> None:
@@ -323,7 +337,9 @@ class SafetyFilter:
         reports, active = self._reports(q, kin, rows, problem, sol.x, dq_prev)
         dq_cmd = dq_cmd.copy()
         self._dq_prev = dq_cmd
-        return FilterResult(q_cmd=q + self.dt * dq_cmd, dq_cmd=dq_cmd, status=status,
+        q_cmd = self._anchor(q) + self.dt * dq_cmd
+        self._q_cmd_prev = q_cmd
+        return FilterResult(q_cmd=q_cmd, dq_cmd=dq_cmd, status=status,
                             barriers=reports, slack=slack, solve_time_s=solve_time,
                             proposed_twist=v_des.copy(), safe_twist=jac @ dq_cmd, active=active)
 
@@ -387,7 +403,8 @@ class SafetyFilter:
             # position target is unknown (NaN) and must not be used by a driver.
             q_cmd, dq_cmd = np.full(nq, np.nan), np.zeros(nq)
         else:
-            q_cmd, dq_cmd = decelerate(q, dq_from, self.a_max, self.dt)
+            base = self._anchor(q)
+            q_cmd, dq_cmd = decelerate(base, dq_from, self.a_max, self.dt)
             try:
                 if kin is None:
                     kin = self.model.kinematics(q)
@@ -395,10 +412,11 @@ class SafetyFilter:
                 limit = self.config.speed_cap.max_speed_mps - self.config.speed_cap.margin_mps
                 if speed > limit:
                     dq_cmd = dq_cmd * (limit / speed)
-                    q_cmd = q + 0.5 * (dq_from + dq_cmd) * self.dt
+                    q_cmd = base + 0.5 * (dq_from + dq_cmd) * self.dt
             except Exception as exc:  # no kinematics: the plain stopping law is all we have
                 detail = f'{detail}; speed cap not checked: {exc!r}'
             self._q_last = q
+            self._q_cmd_prev = q_cmd
         self._dq_prev = dq_cmd
         proposed = self._vector(reference, 6) if reference is not None else None
         reports: List[BarrierReport] = []
