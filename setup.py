@@ -42,6 +42,7 @@ setup(
             'genpolicy-eval = genpolicy_ros.evaluation:main',
             'genpolicy-record-demos = genpolicy_ros.sim.record_demos:main',
             'genpolicy-train = genpolicy_ros.policy.train:main',
+            'genpolicy-calibrate = genpolicy_ros.evaluation:calibrate_main',
             'genpolicy-monitor-gui = genpolicy_ros.rqt.standalone:main',
             'genpolicy-report = genpolicy_ros.recording.report:main',
             'genpolicy-record = genpolicy_ros.recording.recorder:main',

@@ -1,0 +1,31 @@
+"""genpolicy-eval: the lock-step stack (expert -> filter -> monitor -> PyBullet) end to end."""
+
+import re
+
+import pytest
+
+from genpolicy_ros.evaluation import main, wilson_interval
+
+LAST_LINE = re.compile(r'^success_rate=(\S+) violations=(\d+) mean_intervention=(\S+) '
+                       r'episodes=(\d+)$')
+
+
+def test_eval_prints_the_contract_line_and_keeps_every_barrier(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(['--policy', 'expert', '--episodes', '1', '--seed', '100004',
+              '--monitor', 'observe'])
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    m = LAST_LINE.match(lines[-1])
+    assert m, lines[-1]
+    assert float(m.group(1)) == 1.0, '\n'.join(lines)
+    assert int(m.group(2)) == 0
+    assert 0.0 <= float(m.group(3)) < 0.25
+    assert int(m.group(4)) == 1
+    assert 'episode   0 seed 100004: success' in lines[0]
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(45, 50)
+    assert lo < 0.9 < hi and 0.78 < lo < 0.80 and 0.95 < hi < 0.97
+    assert wilson_interval(0, 0) == (0.0, 1.0)
