@@ -115,10 +115,12 @@ def test_stale_camera_holds_and_reset_waits_until_it_is_live_again(config, calib
     loop = Loop(_monitor(config, calibration))
     loop.run(2.0)
     loop.camera = False
-    assert loop.run(0.5) is Mode.HOLD
+    stale_s = config.watchdogs.camera.stale_ms / 1000.0
+    assert loop.run(stale_s + 0.2) is Mode.HOLD
     hold = loop.monitor.transitions[-1]
     assert hold.to_mode is Mode.HOLD and 'camera' in hold.reason and 'stale' in hold.reason
-    assert 2.26 < hold.time < 2.3   # last frame at 1.96 s + 300 ms stale bound
+    # last frame at 1.96 s, then the stale bound, detected at the next 10 ms tick
+    assert 1.96 + stale_s - 0.005 < hold.time < 1.96 + stale_s + 0.04
     kv = dict(loop.monitor.status().as_key_values())
     assert kv['mode'] == 'HOLD' and 'ms old' in kv['fault.camera.STALE']
     # the commands sent after the hold ramp down within the acceleration limits and stop
