@@ -16,7 +16,7 @@ def _config(**overrides):
         'joint_states': {'stale_ms': 50.0, 'max_stamp_jump_ms': 50.0},
         'chunks': {'stale_ms': 1500.0, 'max_stamp_jump_ms': 1500.0},
         'safe_command': {'stale_ms': 50.0, 'max_stamp_jump_ms': 50.0},
-        'max_future_stamp_ms': 50.0, 'command_jump_factor': 2.0,
+        'max_future_stamp_ms': 50.0, 'command_jump_factor': 2.0, 'command_period_ms': 10.0,
         'command_velocity_factor': 1.05, 'fallback_window_commands': 10,
         'max_fallback_fraction': 0.2, 'inference_latency_budget_ms': 250.0,
     }
@@ -166,6 +166,19 @@ def test_a_gap_does_not_license_a_large_jump():
     assert not w.on_safe_command(q, np.zeros(7), 2.0, False, 2.0)
     fault = [f for f in w.active_faults(2.0) if f.kind is FaultKind.COMMAND_JUMP][0]
     assert fault.threshold == pytest.approx(2.175 * 0.05 * 2.0)
+
+
+def test_timer_jitter_does_not_shrink_the_allowed_step_below_one_period():
+    """Two commands stamped 2 ms apart may still be one 10 ms control period apart in q."""
+    w = Watchdogs(_config(), V_MAX)
+    _all_live(w, 1.0)
+    assert w.on_safe_command(np.zeros(7), np.zeros(7), 1.000, False, 1.000)
+    step = np.zeros(7)
+    step[3] = 1.5 * V_MAX[3] * 0.010   # 1.5 periods of full speed: within factor 2 of one period
+    assert w.on_safe_command(step, np.zeros(7), 1.002, False, 1.002)
+    too_far = step.copy()
+    too_far[3] += 2.5 * V_MAX[3] * 0.010
+    assert not w.on_safe_command(too_far, np.zeros(7), 1.004, False, 1.004)
 
 
 def test_velocity_command_beyond_limits_is_a_fault():

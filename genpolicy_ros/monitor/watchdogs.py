@@ -14,7 +14,9 @@ cleared, so the gate can refuse a reset while a cause is still there:
   until the next message whose stamp is consistent. The offending stamp becomes the new
   reference, so a clock restart raises one fault and then clears instead of blocking forever.
 * ``COMMAND_JUMP``: ``|q_cmd - q_prev| > v_max * dt * command_jump_factor`` for some joint, with
-  ``dt`` the stamp difference capped at the stream's ``stale_ms`` (a gap must not license a jump).
+  ``dt`` the stamp difference capped at the stream's ``stale_ms`` (a gap must not license a jump)
+  and floored at ``command_period_ms`` (timer jitter can stamp two commands closer together than
+  the filter's period; each still covers one period of motion).
   ``COMMAND_VELOCITY``: ``|dq_cmd| > v_max * command_velocity_factor``. Both active until the
   next command that passes.
 * ``FALLBACK_RATE``: more than ``max_fallback_fraction`` of the last ``fallback_window_commands``
@@ -113,6 +115,7 @@ class WatchdogConfig:
     safe_command: StreamConfig
     max_future_stamp_ms: float
     command_jump_factor: float
+    command_period_ms: float
     command_velocity_factor: float
     fallback_window_commands: int
     max_fallback_fraction: float
@@ -129,6 +132,8 @@ class WatchdogConfig:
         cfg = cls(**values)
         if cfg.max_future_stamp_ms < 0.0:
             raise ValueError('watchdogs.max_future_stamp_ms must be >= 0')
+        if cfg.command_period_ms <= 0.0:
+            raise ValueError('watchdogs.command_period_ms must be > 0')
         if cfg.command_jump_factor <= 0.0 or cfg.command_velocity_factor <= 0.0:
             raise ValueError('watchdogs command factors must be > 0')
         if cfg.fallback_window_commands < 1:
@@ -325,6 +330,7 @@ class Watchdogs:
         dt = min(stamp - self._prev_cmd_stamp, cfg.safe_command.stale_ms / 1000.0)
         if dt <= 0.0:
             return None  # the stamp check reports this; no rate can be formed
+        dt = max(dt, cfg.command_period_ms / 1000.0)
         allowed = v_max * dt * cfg.command_jump_factor
         step = np.abs(q - self._prev_cmd)
         j = int(np.argmax(step / allowed))
