@@ -69,6 +69,7 @@ class SimNode(LifecycleNode):
         world.reset(self.episode_seed)
         self.backend = PyBulletBackend(world)
         self.backend.stop()
+        self._update_task_status()
         names = self.backend.joint_names
         self.joint_names = names
         self.finger_names = list(self.config.arm.finger_joint_names)
@@ -82,12 +83,16 @@ class SimNode(LifecycleNode):
         self.pub_goal = self.create_lifecycle_publisher(PointStamped, '/genpolicy/sim/goal', 10)
         self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_subscription(JointState, '/genpolicy/arm_command', self._on_command, 10)
-        self.create_service(Trigger, '~/reset_episode', self._on_reset_episode)
+        # Everything that touches PyBullet runs in one mutually exclusive group: it is not
+        # thread-safe, and the executor is multi-threaded.
+        self._sim_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, '~/reset_episode', self._on_reset_episode,
+                            callback_group=self._sim_group)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start stepping physics and publishing."""
-        group = MutuallyExclusiveCallbackGroup()  # PyBullet is not thread-safe
+        group = self._sim_group
         self._last_tick = time.monotonic()
         self._timers = [
             self.create_timer(1.0 / self.config.joint_state_rate_hz, self._tick, group),
@@ -193,14 +198,22 @@ class SimNode(LifecycleNode):
         goal.point.x, goal.point.y = float(world.goal_xy[0]), float(world.goal_xy[1])
         self.pub_goal.publish(goal)
         self.stats['frames'] += 1
+        self._update_task_status()
 
-    def task_status(self) -> dict:
-        """Distance of the cube to the goal [m] and whether the task is solved."""
+    def _update_task_status(self) -> None:
+        # Called from the sim's own callbacks only: PyBullet must not be touched concurrently.
         world = self.backend.world
         cube_xy = world.cube_pose()[:2]
-        return dict(distance_m=world.task.distance_to_goal(cube_xy, world.goal_xy),
-                    success=world.task.is_success(cube_xy, world.goal_xy),
-                    sim_time_s=world.sim_time)
+        status = dict(distance_m=world.task.distance_to_goal(cube_xy, world.goal_xy),
+                      success=world.task.is_success(cube_xy, world.goal_xy),
+                      sim_time_s=world.sim_time)
+        with self._lock:
+            self._task_status = status
+
+    def task_status(self) -> dict:
+        """Return the cube's distance to the goal [m], success, sim time (as of the last frame)."""
+        with self._lock:
+            return dict(self._task_status)
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
@@ -230,6 +243,7 @@ class SimNode(LifecycleNode):
         with self._lock:
             self._cmd = None
             self._hold_cmd = None
+        self._update_task_status()
         response.success = True
         response.message = f'episode seed {self.episode_seed}'
         return response
