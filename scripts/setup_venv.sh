@@ -29,5 +29,13 @@ echo "setup: installing pinned dependencies into .venv (first run takes a few mi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+# Upstream launch/launch_ros wheels, when the workplace provides them (not on any registry):
+# they let the launch tests run for real instead of skipping.
+launch_wheels=../shared/wheels/ros2-launch
+if [ -d "$launch_wheels" ] && ls "$launch_wheels"/*.whl >/dev/null 2>&1; then
+  echo "setup: installing launch/launch_ros wheels from $launch_wheels"
+  .venv/bin/python -m pip install --quiet --no-index --find-links "$launch_wheels" \
+    "$launch_wheels"/*.whl
+fi
 echo "$want" > "$stamp"
 echo "setup: done"
