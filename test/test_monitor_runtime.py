@@ -4,7 +4,7 @@ import dataclasses
 
 from genpolicy_ros.config_io import read_core_parameters
 from genpolicy_ros.monitor.calibration import calibrate
-from genpolicy_ros.monitor.config_util import unflatten
+from genpolicy_ros.config_io import unflatten
 from genpolicy_ros.monitor.consistency import ConsistencyScorer, OverlapStatus
 from genpolicy_ros.monitor.gate import Mode
 from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor

@@ -38,17 +38,3 @@ def take(params: Mapping[str, Any], cls: type, section: str) -> Dict[str, Any]:
                                 f'{type(value).__name__} ({value!r})')
         out[name] = value
     return out
-
-
-def unflatten(params: Mapping[str, Any]) -> Dict[str, Any]:
-    """Turn ROS 2's dotted parameter names (``gate.recovery_time_s``) back into nested dicts."""
-    out: Dict[str, Any] = {}
-    for key, value in params.items():
-        node = out
-        parts = key.split('.')
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f'parameter {key!r} conflicts with a scalar parameter')
-        node[parts[-1]] = value
-    return out

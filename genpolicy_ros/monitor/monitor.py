@@ -40,7 +40,7 @@ class MonitorConfig:
         """Build from the nested ``ros__parameters`` mapping; every key is required.
 
         A node holding ROS 2's flat dotted names passes them through
-        :func:`genpolicy_ros.monitor.config_util.unflatten` first.
+        :func:`genpolicy_ros.config_io.unflatten` first.
         """
         sections = ('consistency', 'watchdogs', 'gate')
         flat = {k: v for k, v in params.items() if k not in sections}

@@ -13,8 +13,6 @@ from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -27,6 +25,7 @@ from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
+from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.robot import FrankaModel
 
 NODE_NAME = 'monitor_node'
@@ -180,15 +179,5 @@ class MonitorNode(Node):
 
 
 def main(args=None) -> None:
-    """Run the monitor node (``ros2 run genpolicy_ros monitor_node``)."""
-    rclpy.init(args=args)
-    node = MonitorNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the node (``ros2 run genpolicy_ros monitor_node``)."""
+    run_node(MonitorNode, args)

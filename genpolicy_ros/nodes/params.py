@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from genpolicy_ros.config_io import read_ros_parameters
+from genpolicy_ros.config_io import flatten, read_ros_parameters, unflatten
 
 # Units are part of the parameter names (``_s``, ``_hz``, ``_mps`` ...); say them in descriptors.
 _UNIT_SUFFIXES = {
@@ -24,30 +24,6 @@ def load_node_params(config_file: str, node_name: str,
                      path: Optional[Path] = None) -> Dict[str, Any]:
     """Return the flattened ``ros__parameters`` of ``node_name`` in ``config/<config_file>``."""
     return flatten(read_ros_parameters(config_file, node_name, path))
-
-
-def flatten(params: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-    """Flatten nested dicts into ROS 2 dotted parameter names."""
-    out: Dict[str, Any] = {}
-    for key, value in params.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            out.update(flatten(value, name + '.'))
-        else:
-            out[name] = value
-    return out
-
-
-def unflatten(params: Dict[str, Any]) -> Dict[str, Any]:
-    """Invert :func:`flatten`: dotted names back into nested dicts (what core configs read)."""
-    out: Dict[str, Any] = {}
-    for name, value in params.items():
-        node = out
-        parts = name.split('.')
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
 
 
 def _describe(name: str) -> ParameterDescriptor:

@@ -19,8 +19,6 @@ from typing import Optional
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -29,6 +27,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
+from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION, ExpertPlanner, FlowPlanner, Plan
 from genpolicy_ros.policy.config import PolicyRuntimeConfig
 from genpolicy_ros.robot import FrankaModel
@@ -197,15 +196,5 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> None:
-    """Run the policy node (``ros2 run genpolicy_ros policy_node``)."""
-    rclpy.init(args=args)
-    node = PolicyNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the node (``ros2 run genpolicy_ros policy_node``)."""
+    run_node(PolicyNode, args)

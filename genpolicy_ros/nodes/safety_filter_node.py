@@ -15,8 +15,6 @@ from typing import Optional
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point, TwistStamped
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import ColorRGBA, String
@@ -26,6 +24,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
+from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.safety.config import SafetyConfig
 from genpolicy_ros.safety.filter import FilterResult, FilterStatus, RobotState, SafetyFilter
@@ -201,15 +200,5 @@ class SafetyFilterNode(Node):
 
 
 def main(args=None) -> None:
-    """Run the safety filter node (``ros2 run genpolicy_ros safety_filter_node``)."""
-    rclpy.init(args=args)
-    node = SafetyFilterNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the node (``ros2 run genpolicy_ros safety_filter_node``)."""
+    run_node(SafetyFilterNode, args)

@@ -15,9 +15,7 @@ from typing import List, Optional
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -27,6 +25,7 @@ from genpolicy_ros.drivers.pybullet_backend import PyBulletBackend
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
+from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.safety.hold import decelerate
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.sim.config import SimConfig
@@ -250,15 +249,5 @@ class SimNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    """Run the sim node (``ros2 run genpolicy_ros sim_node``)."""
-    rclpy.init(args=args)
-    node = SimNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the node (``ros2 run genpolicy_ros sim_node``)."""
+    run_node(SimNode, args)

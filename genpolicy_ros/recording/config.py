@@ -7,58 +7,22 @@ dataclasses mirror nested YAML dicts (ROS flattens them to dotted names such as
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 import re
 import typing
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional
 
-import yaml
 
-from genpolicy_ros.paths import config_path
+from genpolicy_ros.config_io import build_config, read_ros_parameters
 
 CONFIG_FILE = 'operator.yaml'
-T = TypeVar('T')
-
-
-def build_config(cls: Type[T], params: Dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a nested dict; unknown or missing keys raise ValueError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = set(params) - names, names - set(params)
-    if unknown or missing:
-        raise ValueError(f'{cls.__name__}: unknown keys {sorted(unknown)}, '
-                         f'missing keys {sorted(missing)}')
-    kwargs: Dict[str, Any] = {}
-    for name in names:
-        value, hint = params[name], hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ValueError(f'{cls.__name__}.{name} must be a mapping')
-            value = build_config(hint, value)
-        elif hint is float:
-            value = float(value)
-        elif hint is int:
-            if isinstance(value, bool) or int(value) != value:
-                raise ValueError(f'{cls.__name__}.{name} must be an integer, got {value!r}')
-            value = int(value)
-        elif typing.get_origin(hint) in (list, List):
-            value = [typing.get_args(hint)[0](v) for v in value]
-        kwargs[name] = value
-    return cls(**kwargs)
 
 
 def node_params(node_name: str, path: Optional[Path] = None,
                 config_file: str = CONFIG_FILE) -> Dict[str, Any]:
     """Return the nested ``ros__parameters`` of ``node_name`` in a config YAML."""
-    path = Path(path) if path is not None else config_path(config_file)
-    with open(path, 'r', encoding='utf-8') as f:
-        doc = yaml.safe_load(f) or {}
-    try:
-        return dict(doc[node_name]['ros__parameters'])
-    except (KeyError, TypeError) as exc:
-        raise KeyError(f'{path} has no "{node_name}: ros__parameters:" block') from exc
+    return dict(read_ros_parameters(config_file, node_name, path))
 
 
 def dotted_get(params: Dict[str, Any], dotted: str) -> Any:

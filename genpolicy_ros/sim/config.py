@@ -9,45 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-import typing
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, Dict, List, Optional, Union
 
-
-from genpolicy_ros.config_io import read_core_parameters
+from genpolicy_ros.config_io import build_config, read_core_parameters
 
 NODE_NAME = 'sim_node'
 CONFIG_FILE = 'sim.yaml'
-
-T = TypeVar('T')
-
-
-def _build(cls: Type[T], params: Dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from ``params``, recursing into nested dataclasses.
-
-    Missing and unknown keys both raise ``ValueError``: a typo in the YAML must not silently
-    leave a value unset.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(params) - names
-    missing = names - set(params)
-    if unknown or missing:
-        raise ValueError(f'{cls.__name__}: unknown keys {sorted(unknown)}, '
-                         f'missing keys {sorted(missing)}')
-    kwargs = {}
-    for name in names:
-        value = params[name]
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ValueError(f'{cls.__name__}.{name} must be a mapping')
-            value = _build(hint, value)
-        elif hint is float:
-            value = float(value)
-        elif typing.get_origin(hint) in (list, List) and typing.get_args(hint) == (float,):
-            value = [float(v) for v in value]
-        kwargs[name] = value
-    return cls(**kwargs)
 
 
 class _FromDict:
@@ -56,7 +23,7 @@ class _FromDict:
     @classmethod
     def from_dict(cls, params: Dict[str, Any]):
         """Build the config from a (nested) parameter dict; raises ValueError on bad keys."""
-        return _build(cls, params)
+        return build_config(cls, params)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,23 @@
+"""Run one node in its own process until Ctrl-C (what ``ros2 run`` and launch files start)."""
+
+from typing import Callable, List, Optional
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+
+def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> None:
+    """Init rclpy, build the node, spin it on a multi-threaded executor, clean up on exit."""
+    rclpy.init(args=args)
+    node = factory()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
