@@ -1,0 +1,237 @@
+"""Demonstration dataset: (observation window, action chunk) pairs from recorded episodes.
+
+On disk (written by the demo recorder): a directory with ``meta.json`` and one compressed
+``episode_XXXXX.npz`` per episode holding ``images`` (T, 96, 96, 3) uint8, ``ee_pos`` (T, 3),
+``q`` (T, 7), ``action`` (T, 2) expert EE xy targets [m] (absolute, world frame),
+``cube_pose`` (T, 7), ``goal`` (2,), ``success`` and ``seed``.
+
+Sample at decision step t: frames t-n_obs+1 .. t (the first frame repeated before the episode
+start), the measured EE xy at t, and actions t .. t+H-1 (the last action repeated past the
+episode end: the expert holds its final target). Every step of every episode is a sample.
+"""
+
+from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class DemoMeta:
+    """The facts of a demo set that the policy depends on."""
+
+    push_height_m: float      # TCP target z [m] (meta.json ``tcp_push_z_m``)
+    decision_period_s: float
+    raw: Dict[str, Any]
+
+
+def read_meta(demo_dir: PathLike) -> DemoMeta:
+    """Read ``meta.json`` of a demo directory.
+
+    The policy needs two facts from it: ``tcp_push_z_m`` (the TCP target z the actions imply;
+    not ``push_height_m``, the fingertip height above the table) and ``rates_hz.decision``.
+    """
+    path = Path(demo_dir) / 'meta.json'
+    with open(path, 'r', encoding='utf-8') as f:
+        raw = json.load(f)
+    try:
+        height = float(raw['tcp_push_z_m'])
+        rate = float(raw['rates_hz']['decision'])
+    except (KeyError, TypeError) as exc:
+        raise KeyError(f'{path}: needs tcp_push_z_m and rates_hz.decision') from exc
+    return DemoMeta(push_height_m=height, decision_period_s=1.0 / rate, raw=raw)
+
+
+def episode_files(demo_dir: PathLike) -> List[Path]:
+    """Return the sorted episode files of a demo directory."""
+    return sorted(Path(demo_dir).glob('episode_*.npz'))
+
+
+class Normalizer:
+    """Min-max scaling of actions and proprio (EE xy) to [-1, 1]; stats ship with the model."""
+
+    def __init__(self, stats: Dict[str, np.ndarray]) -> None:
+        self.stats = {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
+        for name in ('action', 'proprio'):
+            lo, hi = self.stats[f'{name}_min'], self.stats[f'{name}_max']
+            # A constant coordinate would divide by zero; give it a 1 mm range instead.
+            self.stats[f'{name}_max'] = np.maximum(hi, lo + 1e-3)
+
+    @classmethod
+    def fit(cls, actions: np.ndarray, proprio: np.ndarray) -> 'Normalizer':
+        """Fit on (M, A) actions and (M, P) proprio rows."""
+        return cls({'action_min': actions.min(0), 'action_max': actions.max(0),
+                    'proprio_min': proprio.min(0), 'proprio_max': proprio.max(0)})
+
+    def state_dict(self) -> Dict[str, List[float]]:
+        """Plain lists for the checkpoint."""
+        return {k: v.tolist() for k, v in self.stats.items()}
+
+    def _scale(self, name: str, like: Any) -> Tuple[Any, Any]:
+        lo, hi = self.stats[f'{name}_min'], self.stats[f'{name}_max']
+        if isinstance(like, torch.Tensor):
+            return (torch.as_tensor(lo, dtype=like.dtype), torch.as_tensor(hi, dtype=like.dtype))
+        return lo, hi
+
+    def normalize(self, name: str, x: Any) -> Any:
+        """Map ``name`` ('action' or 'proprio') values to [-1, 1] (numpy or torch)."""
+        lo, hi = self._scale(name, x)
+        return (x - lo) / (hi - lo) * 2.0 - 1.0
+
+    def unnormalize(self, name: str, x: Any) -> Any:
+        """Invert :meth:`normalize`."""
+        lo, hi = self._scale(name, x)
+        return (x + 1.0) * 0.5 * (hi - lo) + lo
+
+
+@dataclass
+class Episode:
+    """One episode in memory."""
+
+    images: np.ndarray   # (T, H, W, 3) uint8
+    ee_xy: np.ndarray    # (T, 2) float32
+    action: np.ndarray   # (T, 2) float32
+    name: str
+
+
+def load_episode(path: Path) -> Episode:
+    """Load one ``episode_XXXXX.npz``."""
+    with np.load(path) as data:
+        images = np.ascontiguousarray(data['images'], dtype=np.uint8)
+        ee = np.asarray(data['ee_pos'], dtype=np.float32)[:, :2]
+        action = np.asarray(data['action'], dtype=np.float32)
+    if not (len(images) == len(ee) == len(action)) or len(images) == 0:
+        raise ValueError(f'{path}: images/ee_pos/action lengths differ or are empty')
+    if not (np.isfinite(ee).all() and np.isfinite(action).all()):
+        raise ValueError(f'{path}: non-finite values')
+    return Episode(images, ee, action, path.stem)
+
+
+def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> Tuple[List[int],
+                                                                             List[int]]:
+    """Split episode indices into (train, val) by episode, reproducibly."""
+    order = np.random.default_rng(seed).permutation(n_episodes)
+    n_val = int(round(val_fraction * n_episodes))
+    if val_fraction > 0 and n_episodes >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, n_episodes - 1)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+class ChunkDataset:
+    """In-memory (obs window, action chunk) samples from a list of episodes.
+
+    With ``relative`` the action chunk is given relative to the EE xy measured at the
+    observation step (``action_frame: relative_ee``).
+    """
+
+    def __init__(self, episodes: List[Episode], n_obs_steps: int, horizon: int,
+                 relative: bool) -> None:
+        if not episodes:
+            raise ValueError('no episodes')
+        self.episodes = episodes
+        self.n_obs = n_obs_steps
+        self.horizon = horizon
+        self.relative = relative
+        self.index = np.array([(e, t) for e, ep in enumerate(episodes)
+                               for t in range(len(ep.action))], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, rows: np.ndarray, with_images: bool = True) -> Dict[str, np.ndarray]:
+        """Return raw (unnormalised) arrays for sample rows: images, proprio, action."""
+        b = len(rows)
+        ep0 = self.episodes[0]
+        images = np.empty((b if with_images else 0, self.n_obs) + ep0.images.shape[1:],
+                          dtype=np.uint8)
+        proprio = np.empty((b, ep0.ee_xy.shape[1]), dtype=np.float32)
+        action = np.empty((b, self.horizon, ep0.action.shape[1]), dtype=np.float32)
+        for i, (e, t) in enumerate(self.index[rows]):
+            ep = self.episodes[e]
+            n = len(ep.action)
+            if with_images:
+                images[i] = ep.images[np.clip(np.arange(t - self.n_obs + 1, t + 1), 0, n - 1)]
+            proprio[i] = ep.ee_xy[t]
+            action[i] = ep.action[np.clip(np.arange(t, t + self.horizon), 0, n - 1)]
+        if self.relative:
+            action -= proprio[:, None, :]
+        return {'images': images, 'proprio': proprio, 'action': action}
+
+    def batch(self, rows: np.ndarray, normalizer: Normalizer) -> Dict[str, torch.Tensor]:
+        """Return a training batch: uint8 images, normalised proprio and action tensors."""
+        raw = self.get(rows)
+        return {'images': torch.from_numpy(raw['images']),
+                'proprio': torch.from_numpy(normalizer.normalize('proprio', raw['proprio'])),
+                'action': torch.from_numpy(normalizer.normalize('action', raw['action']))}
+
+    def fit_normalizer(self) -> Normalizer:
+        """Fit min-max stats on every action chunk and proprio row of these samples."""
+        raw = self.get(np.arange(len(self)), with_images=False)
+        return Normalizer.fit(raw['action'].reshape(-1, raw['action'].shape[-1]),
+                              raw['proprio'])
+
+
+def load_demos(demo_dir: PathLike, n_obs_steps: int, horizon: int, relative: bool,
+               val_fraction: float, seed: int, max_episodes: Optional[int] = None,
+               progress: bool = False) -> Tuple[ChunkDataset, Optional[ChunkDataset],
+                                                DemoMeta, List[str]]:
+    """Load a demo directory into (train, val or None, meta, val episode names)."""
+    meta = read_meta(demo_dir)
+    files = episode_files(demo_dir)[:max_episodes]
+    if not files:
+        raise FileNotFoundError(f'no episode_*.npz in {demo_dir}')
+    if progress:
+        from tqdm import tqdm
+        files_iter = tqdm(files, desc='loading episodes', unit='ep')
+    else:
+        files_iter = files
+    episodes = [load_episode(p) for p in files_iter]
+    train_idx, val_idx = split_episodes(len(episodes), val_fraction, seed)
+    train = ChunkDataset([episodes[i] for i in train_idx], n_obs_steps, horizon, relative)
+    val = (ChunkDataset([episodes[i] for i in val_idx], n_obs_steps, horizon, relative)
+           if val_idx else None)
+    return train, val, meta, [episodes[i].name for i in val_idx]
+
+
+def write_synthetic_demos(out_dir: PathLike, n_episodes: int, length: int, seed: int,
+                          image_size_px: int = 96, push_height_m: float = 0.02,
+                          decision_rate_hz: float = 10.0) -> Path:
+    """Write a small demo set in the recorder's format, for tests and smoke runs.
+
+    Each episode draws a target square at a random place in the image and an EE that moves
+    toward the matching world xy: the action is learnable from the image alone, so a trained
+    policy must read the image.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    meta = {'tcp_push_z_m': push_height_m, 'rates_hz': {'decision': decision_rate_hz},
+            'image_size_px': image_size_px, 'synthetic': True, 'seed': seed,
+            'action_noise_std_m': 0.0}
+    (out / 'meta.json').write_text(json.dumps(meta, indent=1))
+    s = image_size_px
+    for e in range(n_episodes):
+        goal = rng.uniform(0.3, 0.6, size=2).astype(np.float32)  # world xy [m]
+        px = ((goal - 0.3) / 0.3 * (s - 16) + 8).astype(int)
+        ee = np.array([0.45, 0.45], dtype=np.float32) + rng.normal(0, 0.02, 2).astype(np.float32)
+        images = np.zeros((length, s, s, 3), dtype=np.uint8)
+        ee_pos = np.zeros((length, 3), dtype=np.float32)
+        action = np.zeros((length, 2), dtype=np.float32)
+        for t in range(length):
+            images[t, px[1] - 4:px[1] + 4, px[0] - 4:px[0] + 4] = (255, 64, 0)
+            ee_pos[t] = (ee[0], ee[1], push_height_m)
+            step = goal - ee
+            step *= min(1.0, 0.02 / (np.linalg.norm(step) + 1e-9))  # <= 2 cm per step
+            action[t] = ee + step
+            ee = action[t].copy()
+        np.savez_compressed(out / f'episode_{e:05d}.npz', images=images, ee_pos=ee_pos,
+                            q=np.zeros((length, 7), np.float32), action=action,
+                            cube_pose=np.zeros((length, 7), np.float32), goal=goal,
+                            success=np.bool_(True), seed=np.int64(seed + e))
+    return out

@@ -1,0 +1,89 @@
+"""Smoke training on a synthetic demo set: the loss falls, checkpoints resume, the result loads."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from genpolicy_ros.policy.checkpoint import export_checkpoint
+from genpolicy_ros.paths import config_path
+from genpolicy_ros.policy.config import PolicyRuntimeConfig, TRAIN_NODE, TRAIN_YAML
+from genpolicy_ros.policy.dataset import write_synthetic_demos
+from genpolicy_ros.policy.policy import FlowPolicy
+from genpolicy_ros.policy.train import lr_factor, main
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """Train 80 steps on synthetic demos; return (demos, run dir)."""
+    root = tmp_path_factory.mktemp('train')
+    demos = write_synthetic_demos(root / 'demos', n_episodes=8, length=20, seed=0)
+    out = root / 'run'
+    # The package YAML with a short warm-up and frequent logs, so 80 steps show the trend.
+    doc = yaml.safe_load(config_path(TRAIN_YAML).read_text())
+    doc[TRAIN_NODE]['ros__parameters']['train'].update(warmup_iters=10, log_every_iters=20)
+    cfg_file = root / 'train.yaml'
+    cfg_file.write_text(yaml.safe_dump(doc))
+    main(['--demos', str(demos), '--out', str(out), '--iters', '80', '--batch-size', '16',
+          '--threads', '1', '--seed', '0', '--checkpoint-every', '40', '--no-progress',
+          '--config', str(cfg_file)])
+    torch.set_num_threads(1)
+    return demos, out
+
+
+def test_loss_falls_and_files_written(run):
+    """Check: loss falls and files written."""
+    _, out = run
+    ckpt = torch.load(out / 'checkpoint.pt', weights_only=False)
+    hist = ckpt['history']
+    assert ckpt['step'] == 80
+    assert hist['train_loss'][-1] < 0.6 * hist['train_loss'][0], hist['train_loss']
+    assert len(hist['val_loss']) == 2 and hist['val_loss'][-1] < hist['val_loss'][0]
+    errors = hist['val_action_err_m']
+    assert len(errors) == 2 and all(0.0 < e < 1.0 for e in errors)  # metres
+    assert ckpt['policy_config']['push_height_m'] == 0.02
+    assert '--iters 80' in ckpt['command']
+    assert (out / 'loss.png').stat().st_size > 1000
+    doc = yaml.safe_load((out / 'train_config.yaml').read_text())
+    assert doc['step'] == 80 and doc['train']['batch_size'] == 16
+
+
+def test_resume_continues_from_checkpoint(run, tmp_path):
+    """Check: resume continues from checkpoint."""
+    demos, out = run
+    before = torch.load(out / 'checkpoint.pt', weights_only=False)
+    main(['--demos', str(demos), '--out', str(out), '--iters', '90', '--resume',
+          '--no-progress'])
+    after = torch.load(out / 'checkpoint.pt', weights_only=False)
+    assert after['step'] == 90
+    assert after['train_config']['batch_size'] == 16  # kept from the checkpoint
+    assert 'resumed' in after['command']
+    assert after['history']['train_step'][:2] == before['history']['train_step'][:2]
+    changed = [not torch.equal(after['model'][k], before['model'][k]) for k in before['model']]
+    assert any(changed)
+
+
+def test_trained_policy_loads_and_acts(run, tmp_path):
+    """Check: trained policy loads and acts."""
+    demos, out = run
+    ship = tmp_path / 'ship.pt'
+    export_checkpoint(Path(out) / 'checkpoint.pt', ship)
+    rt = PolicyRuntimeConfig.from_dict(dict(PolicyRuntimeConfig.load().to_dict(),
+                                            n_samples=3, flow_steps=4))
+    policy = FlowPolicy.load(ship, runtime=rt)
+    with np.load(demos / 'episode_00000.npz') as ep:
+        obs = {'images': ep['images'][:2], 'ee_pos': ep['ee_pos'][1]}
+        lo, hi = ep['action'].min(), ep['action'].max()
+    chunk = policy.act(obs)
+    assert chunk.samples.shape == (3, 16, 3)
+    # actions come back in metres, in (a margin around) the range of the demonstrations
+    assert lo - 0.2 < chunk.positions[:, :2].min() and chunk.positions[:, :2].max() < hi + 0.2
+
+
+def test_lr_schedule():
+    """Check: lr schedule."""
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0)
