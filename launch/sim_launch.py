@@ -33,7 +33,7 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         DeclareLaunchArgument('gui', default_value='false',
                               description='open the PyBullet GUI window'),
-        DeclareLaunchArgument('policy', default_value='flow',
+        DeclareLaunchArgument('policy', default_value='flow', choices=['flow', 'expert'],
                               description='flow (the trained policy) or expert (scripted)'),
         DeclareLaunchArgument('operator_view', default_value='false',
                               description='open the rqt operator view'),

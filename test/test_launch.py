@@ -17,6 +17,7 @@ import time
 from conftest import REPO_ROOT
 import pytest
 from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from ros_harness import ros_graph, wait_for
 
@@ -57,15 +58,26 @@ def test_sim_launch_brings_up_the_graph(tmp_path):
     env['PYTHONPATH'] = f'{site}:{env.get("PYTHONPATH", "")}'
     env['PATH'] = f'{prefix / "lib" / "genpolicy_ros"}:{env["PATH"]}'
     launch_file = prefix / 'share' / 'genpolicy_ros' / 'launch' / 'sim_launch.py'
-    proc = subprocess.Popen([sys.executable, '-c', RUNNER, str(launch_file)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    # Launch output goes to a file: an undrained PIPE would block the launch process (and,
+    # through it, the nodes' output) once 64 KiB accumulate, and a failure should show it.
+    log_path = tmp_path / 'launch.log'
+    with open(log_path, 'wb') as log:
+        proc = subprocess.Popen([sys.executable, '-c', RUNNER, str(launch_file)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def launch_log() -> str:
+        return log_path.read_text(errors='replace')[-4000:]
     try:
         with ros_graph() as (_, probe, _nodes):
             probe.watch(JointState, '/joint_states', 50)
             probe.watch(JointState, '/genpolicy/arm_command', 50)
-            assert wait_for(lambda: probe.count('/joint_states') > 100, 60.0)
-            assert wait_for(lambda: probe.count('/genpolicy/arm_command') > 50, 60.0)
+            chunks = '/genpolicy/action_chunk'
+            probe.watch(MultiDOFJointTrajectory, chunks, 10)
+            assert wait_for(lambda: probe.count('/joint_states') > 100, 60.0), launch_log()
+            # The monitor publishes (hold) arm commands even with policy_node dead: only
+            # action chunks show the policy runs with the launch file's parameters.
+            assert wait_for(lambda: probe.count(chunks) > 10, 60.0), launch_log()
+            assert wait_for(lambda: probe.count('/genpolicy/arm_command') > 50, 60.0), launch_log()
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

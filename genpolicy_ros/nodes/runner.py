@@ -3,6 +3,7 @@
 from typing import Callable, List, Optional
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
@@ -17,6 +18,11 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # Ctrl-C can invalidate the context while the executor builds its wait set (a known
+        # rclpy shutdown race): that is a shutdown, not a crash. Anything else is re-raised.
+        if rclpy.ok():
+            raise
     finally:
         executor.shutdown()
         node.destroy_node()
