@@ -1,7 +1,7 @@
 """Launch the whole genpolicy_ros stack on the PyBullet simulation.
 
     ros2 launch genpolicy_ros sim_launch.py [gui:=true] [policy:=flow|expert]
-        [operator_view:=true]
+        [operator_view:=true] [record:=/path/run.mcap]
 
 Graph: sim_node (/joint_states, camera) -> policy_node (/genpolicy/action_chunk, samples)
 -> safety_filter_node (/genpolicy/safe_command) -> monitor_node (/genpolicy/arm_command)
@@ -16,7 +16,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 
 
@@ -30,6 +30,7 @@ def generate_launch_description() -> LaunchDescription:
     gui = LaunchConfiguration('gui')
     policy = LaunchConfiguration('policy')
     operator_view = LaunchConfiguration('operator_view')
+    record = LaunchConfiguration('record')
     return LaunchDescription([
         DeclareLaunchArgument('gui', default_value='false',
                               description='open the PyBullet GUI window'),
@@ -37,6 +38,8 @@ def generate_launch_description() -> LaunchDescription:
                               description='flow (the trained policy) or expert (scripted)'),
         DeclareLaunchArgument('operator_view', default_value='false',
                               description='open the rqt operator view'),
+        DeclareLaunchArgument('record', default_value='',
+                              description='MCAP file to record every genpolicy topic to'),
         Node(package='genpolicy_ros', executable='sim_node', name='sim_node', output='screen',
              parameters=[cfg('sim.yaml'), {'gui': gui}]),
         Node(package='genpolicy_ros', executable='policy_node', name='policy_node',
@@ -46,6 +49,9 @@ def generate_launch_description() -> LaunchDescription:
              output='screen', parameters=[cfg('safety.yaml')]),
         Node(package='genpolicy_ros', executable='monitor_node', name='monitor_node',
              output='screen', parameters=[cfg('monitor.yaml')]),
+        Node(package='genpolicy_ros', executable='genpolicy-record', name='mcap_recorder',
+             output='screen', arguments=[record],
+             condition=IfCondition(PythonExpression(["'", record, "' != ''"]))),
         ExecuteProcess(cmd=['rqt', '--standalone', 'GenpolicyMonitor'],
                        condition=IfCondition(operator_view), output='screen'),
     ])

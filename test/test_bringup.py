@@ -12,6 +12,7 @@ from mcap_ros2.decoder import DecoderFactory
 import pytest
 
 from genpolicy_ros.bringup import main
+from genpolicy_ros.recording.report import make_report
 
 TOPICS_WITH_TRAFFIC = [
     '/joint_states', '/camera/color/image_raw', '/camera/color/camera_info',
@@ -45,3 +46,8 @@ def test_genpolicy_sim_runs_records_and_reports(tmp_path, capsys):
         assert counts.get(topic, 0) > 0, f'{topic} not recorded: {counts}'
     assert counts['/genpolicy/arm_command'] > 50
     assert counts['/camera/color/image_raw'] > 10
+    written = make_report(str(run), str(tmp_path / 'report'))
+    names = {p.name for p in written}
+    assert {'speed.png', 'barriers.png', 'monitor.png', 'trajectory_top.png',
+            'summary.md'} <= names, names
+    assert all(p.stat().st_size > 1000 for p in written)
