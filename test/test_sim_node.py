@@ -1,8 +1,12 @@
 """The sim node through real rclpy: joint states, camera, commands, refusals, stale hold.
 
 Bad commands are refused without a crash and a silent commander gets a decelerating hold.
+Frames are rendered in a separate process, so joint states keep flowing while frames render
+and when that process dies.
 """
 
+import os
+import signal
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -37,6 +41,8 @@ def graph():
         probe.watch(DiagnosticArray, '/diagnostics', 50)
         pub = probe.create_publisher(JointState, '/genpolicy/arm_command', 10)
         assert wait_for(lambda: probe.count('/joint_states') > 10, 10.0)
+        # The render process is up once a frame arrives: its start-up burns CPU for a moment.
+        assert wait_for(lambda: probe.count('/camera/color/image_raw') > 0, 30.0)
         yield probe, pub, nodes[0]
 
 
@@ -54,6 +60,29 @@ def test_joint_states_and_camera_flow(graph):
     assert img.shape == (info.height, info.width, 3)
     assert info.k[0] > 0 and info.k[8] == 1.0
     assert img.std() > 5.0, 'camera image is blank'
+
+
+def test_joint_states_keep_flowing_while_frames_render(graph, record_property):
+    probe, _, sim = graph
+    assert sim.camera.alive and sim.camera.pid != os.getpid()
+    frames = sim.stats['frames']
+    probe.clear('/joint_states')
+    time.sleep(2.0)
+    arrivals = np.array(probe.arrival['/joint_states'])
+    rendered = sim.stats['frames'] - frames
+    gaps_ms = np.diff(arrivals) * 1e3
+    rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    p99 = float(np.percentile(gaps_ms, 99))
+    report = (f'/joint_states {rate:.0f} Hz (nominal 250), gaps p50 '
+              f'{np.percentile(gaps_ms, 50):.1f} p99 {p99:.1f} max {gaps_ms.max():.1f} ms, '
+              f'{rendered / 2.0:.1f} frames/s')
+    record_property('joint_state_timing', report)
+    print(report)
+    assert rendered >= 15, f'only {rendered} frames in 2 s'
+    # A frame rendered in the node's process stalls it ~25 ms at 15 Hz; out of process it does
+    # not. The bound is loose for a loaded 2-core machine where the render process competes
+    # for the CPU (measured there: p99 15-30 ms; in-process rendering gave 30-80 ms).
+    assert p99 < 60.0, report
 
 
 def test_command_moves_the_arm_and_stale_command_decelerates_to_hold(graph):
@@ -110,3 +139,30 @@ def test_bad_commands_are_refused_and_node_keeps_running(graph, case):
                     return True
         return False
     assert wait_for(reported, 3.0), 'refusal not reported on /diagnostics'
+
+
+def test_dead_render_process_is_reported_and_restarted_while_joints_flow(graph):
+    probe, _, sim = graph
+    pid = sim.camera.pid
+    failures = sim.stats['render_failures']
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: sim.stats['render_failures'] > failures, 2.0)
+    probe.clear('/joint_states')
+    probe.clear('/diagnostics')
+    time.sleep(0.5)
+    # Flowing, not a rate: the restarting render process takes CPU from the node meanwhile.
+    assert probe.count('/joint_states') > 20, 'joint states stopped with the renderer'
+
+    def reported():
+        for arr in probe.messages.get('/diagnostics', []):
+            for st in arr.status:
+                values = {kv.key: kv.value for kv in st.values}
+                if st.name == 'sim_node: driver' and int(values['render_failures']) > failures:
+                    return True
+        return False
+    assert wait_for(reported, 3.0), 'render failure not reported on /diagnostics'
+    # A later frame restarts the process and images flow again.
+    probe.clear('/camera/color/image_raw')
+    assert wait_for(lambda: probe.count('/camera/color/image_raw') >= 3, 20.0)
+    assert sim.camera.alive and sim.camera.pid != pid
+    assert cv.image_to_numpy(probe.last('/camera/color/image_raw')).std() > 5.0

@@ -6,6 +6,16 @@ command for ``command_timeout_s`` the arm decelerates to a hold (``safety.hold.d
 Bad commands are refused at the edge with a throttled log line and a diagnostics entry. The
 sim also publishes the task's ground truth (``/genpolicy/sim/cube_pose``, ``.../goal``) which
 only the scripted expert and operators use; a learned policy sees the camera.
+
+Threading: every PyBullet call on the node's world runs in the mutually exclusive
+``_sim_group`` (PyBullet is not thread-safe). The camera frame is only *captured* there (a
+``RenderSnapshot``, cheap); a separate process renders it (``FrameRenderer`` /
+``CameraProcess``) while the renderer's own thread waits on a pipe without holding the GIL and
+then publishes the image, so physics ticks and /joint_states go on while a frame renders, with
+a multi-threaded executor or with the single-threaded one per node of ``genpolicy-sim``. If the
+render process dies, the frame is dropped, the failure is logged and counted on /diagnostics,
+joint states keep flowing, and a later frame restarts the process (at most once per
+``CAMERA_RESTART_S``).
 """
 
 import threading
@@ -29,10 +39,12 @@ from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.safety.hold import decelerate
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.sim.config import SimConfig
+from genpolicy_ros.sim.render_process import CameraProcess, FrameRenderer
 from genpolicy_ros.sim.world import PandaWorld
 
 NODE_NAME = 'sim_node'
 LOG_THROTTLE_S = 1.0
+CAMERA_RESTART_S = 1.0  # minimum time between restarts of a dead camera render process
 
 
 class SimNode(LifecycleNode):
@@ -54,9 +66,12 @@ class SimNode(LifecycleNode):
         self._cmd_wall: Optional[float] = None      # monotonic time it arrived
         self._hold_cmd: Optional[tuple] = None      # current decelerating command when stale
         self._last_tick: Optional[float] = None
-        self.stats = dict(commands=0, rejected=0, stale_holds=0, ticks=0, frames=0)
+        self.stats = dict(commands=0, rejected=0, stale_holds=0, ticks=0, frames=0,
+                          render_failures=0)
         self._last_reject = ''
         self._timers: List = []
+        self._renderer: Optional[FrameRenderer] = None
+        self._camera_error = ''                     # last render failure, '' once frames flow
         if self.autostart:
             self.trigger_configure()
             self.trigger_activate()
@@ -87,6 +102,9 @@ class SimNode(LifecycleNode):
         self._sim_group = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, '~/reset_episode', self._on_reset_episode,
                             callback_group=self._sim_group)
+        # Frames render in another process, waited for on the renderer's thread.
+        self._renderer = FrameRenderer(self.config, self._publish_frame, self._on_render_error,
+                                       restart_period_s=CAMERA_RESTART_S)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -95,7 +113,7 @@ class SimNode(LifecycleNode):
         self._last_tick = time.monotonic()
         self._timers = [
             self.create_timer(1.0 / self.config.joint_state_rate_hz, self._tick, group),
-            self.create_timer(1.0 / self.config.camera.rate_hz, self._publish_camera, group),
+            self.create_timer(1.0 / self.config.camera.rate_hz, self._capture_frame, group),
             self.create_timer(1.0, self._publish_diagnostics, group),
         ]
         return super().on_activate(state)
@@ -110,7 +128,8 @@ class SimNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release the world."""
+        """Release the world and the camera render process."""
+        self._close_camera()
         if self.backend is not None:
             self.backend.close()
             self.backend.world.close()
@@ -118,8 +137,27 @@ class SimNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release the world on shutdown from any state."""
+        """Release the world on shutdown from any state (stopping the timers if active)."""
+        for t in self._timers:
+            self.destroy_timer(t)
+        self._timers = []
         return self.on_cleanup(state)
+
+    def destroy_node(self) -> None:
+        """Stop the camera render process too (the node may be destroyed in any state)."""
+        self._close_camera()
+        super().destroy_node()
+
+    def _close_camera(self) -> None:
+        renderer, self._renderer = self._renderer, None
+        if renderer is not None:
+            renderer.close()
+
+    @property
+    def camera(self) -> Optional[CameraProcess]:
+        """The camera render process (None unless configured)."""
+        renderer = self._renderer
+        return renderer.camera if renderer is not None else None
 
     # ------------------------------------------------------------------ commands
     def _on_command(self, msg: JointState) -> None:
@@ -177,14 +215,13 @@ class SimNode(LifecycleNode):
             np.concatenate([state.dq, [0.0, 0.0]]),
             np.concatenate([state.tau, [0.0, 0.0]])))
 
-    def _publish_camera(self) -> None:
+    def _capture_frame(self) -> None:
+        # Sim group: capture what the frame shows and the ground truth at this instant (cheap),
+        # then hand the snapshot to the renderer.
         world = self.backend.world
-        img = world.render()
         stamp = self.get_clock().now().to_msg()
+        snapshot = world.render_snapshot()
         info = world.camera_info()
-        self.pub_img.publish(cv.numpy_to_image(img, stamp, info.frame_id))
-        self.pub_info.publish(cv.make_camera_info(info.width, info.height, info.k, info.p,
-                                                  stamp, info.frame_id))
         cube = world.cube_pose()
         pose = PoseStamped()
         pose.header.stamp, pose.header.frame_id = stamp, 'world'
@@ -196,8 +233,28 @@ class SimNode(LifecycleNode):
         goal.header = pose.header
         goal.point.x, goal.point.y = float(world.goal_xy[0]), float(world.goal_xy[1])
         self.pub_goal.publish(goal)
-        self.stats['frames'] += 1
         self._update_task_status()
+        renderer = self._renderer
+        if renderer is not None:
+            renderer.submit(snapshot, (info, stamp))  # never blocks; an unrendered one is dropped
+
+    def _publish_frame(self, img: np.ndarray, tag: tuple) -> None:
+        # Renderer thread: no PyBullet call on the node's world here. The image carries the
+        # stamp of the instant it shows (its capture), like a real camera's exposure time.
+        info, stamp = tag
+        self.pub_img.publish(cv.numpy_to_image(img, stamp, info.frame_id))
+        self.pub_info.publish(cv.make_camera_info(info.width, info.height, info.k, info.p,
+                                                  stamp, info.frame_id))
+        with self._lock:
+            self.stats['frames'] += 1
+            self._camera_error = ''
+
+    def _on_render_error(self, exc: RuntimeError) -> None:
+        with self._lock:
+            self.stats['render_failures'] += 1
+            self._camera_error = str(exc)
+        self.get_logger().error(f'camera frame dropped: {exc}',
+                                throttle_duration_sec=LOG_THROTTLE_S)
 
     def _update_task_status(self) -> None:
         # Called from the sim's own callbacks only: PyBullet must not be touched concurrently.
@@ -219,9 +276,12 @@ class SimNode(LifecycleNode):
             stats = dict(self.stats)
             stale = self._hold_cmd is not None
             last_reject = self._last_reject
+            camera_error = self._camera_error
         problems = []
         if stale:
             problems.append('holding: arm command stale')
+        if camera_error:
+            problems.append(f'camera frames dropped: {camera_error}')
         if stats['rejected']:
             problems.append(f'refused {stats["rejected"]} commands (last: {last_reject})')
         level = diag.WARN if problems else diag.OK

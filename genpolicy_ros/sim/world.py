@@ -3,6 +3,8 @@
 Conventions (other parts depend on them): robot base at the world origin, table top at z = 0,
 joints ``panda_joint1..7`` plus two finger joints, TCP = ``panda_grasptarget``. Every reset
 rebuilds the simulation from scratch, so a seed fully determines the state and the images.
+A :class:`RenderSnapshot` carries what an image depends on to another world (the camera
+render process, ``genpolicy_ros.sim.render_process``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,27 @@ def intrinsics_from_projection(projection: Sequence[float], width: int, height: 
     k = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     p = np.hstack([k, np.zeros((3, 1))])
     return CameraIntrinsics(width, height, k, np.zeros(5), p, 'plumb_bob', frame_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSnapshot:
+    """Everything that determines a camera image of a :class:`PandaWorld` (small, picklable).
+
+    Taken by :meth:`PandaWorld.render_snapshot`, applied to another world (same ``SimConfig``)
+    by :meth:`PandaWorld.apply_render_snapshot`, after which its :meth:`PandaWorld.render` gives
+    the same image. The table, the robot's looks and the projection come from the config.
+    """
+
+    arm_q: Tuple[float, ...]          # 7 arm joint positions [rad]
+    finger_q: Tuple[float, ...]       # the 2 finger joint positions [m]
+    cube_pose: Tuple[float, ...]      # [x, y, z, qx, qy, qz, qw]
+    cube_size: float                  # edge length [m]
+    cube_rgba: Tuple[float, ...]
+    goal_xy: Tuple[float, ...]
+    eye: Tuple[float, ...]            # camera position, view target and up vector (world frame)
+    target: Tuple[float, ...]
+    up: Tuple[float, ...]
+    light: Tuple[Tuple[str, object], ...]  # getCameraImage light keyword arguments
 
 
 class PandaWorld:
@@ -387,6 +410,43 @@ class PandaWorld:
     def cube_size(self) -> float:
         """Current cube edge length [m]."""
         return self._cube_size
+
+    def render_snapshot(self) -> RenderSnapshot:
+        """Capture the state the camera image depends on (cheap: no rendering)."""
+        states = pb.getJointStates(self.robot_id, self.arm_joints + self.finger_joints,
+                                   physicsClientId=self.client)
+        q = tuple(float(s[0]) for s in states)
+        n = len(self.arm_joints)
+        light = tuple((key, tuple(value) if isinstance(value, list) else value)
+                      for key, value in self._light.items())
+        return RenderSnapshot(
+            arm_q=q[:n], finger_q=q[n:], cube_pose=tuple(float(v) for v in self.cube_pose()),
+            cube_size=float(self._cube_size), cube_rgba=tuple(self._cube_rgba),
+            goal_xy=tuple(float(v) for v in self.goal_xy), eye=tuple(self._eye.tolist()),
+            target=tuple(self._target.tolist()), up=tuple(self._up.tolist()), light=light)
+
+    def apply_render_snapshot(self, snapshot: RenderSnapshot) -> None:
+        """Make this world look like the one ``snapshot`` was taken from (teleports, no step).
+
+        Meant for a render-only world: joints are reset at rest and motor targets untouched.
+        """
+        c = self.client
+        joints = self.arm_joints + self.finger_joints
+        for j, qi in zip(joints, snapshot.arm_q + snapshot.finger_q):
+            pb.resetJointState(self.robot_id, j, float(qi), 0.0, physicsClientId=c)
+        pos, orn = list(snapshot.cube_pose[:3]), list(snapshot.cube_pose[3:])
+        self._cube_rgba = [float(v) for v in snapshot.cube_rgba]
+        if snapshot.cube_size != self._cube_size:
+            pb.removeBody(self.cube_id, physicsClientId=c)
+            self._cube_size = float(snapshot.cube_size)
+            self._create_cube(pos, orn)
+        else:
+            pb.resetBasePositionAndOrientation(self.cube_id, pos, orn, physicsClientId=c)
+            pb.changeVisualShape(self.cube_id, -1, rgbaColor=self._cube_rgba, physicsClientId=c)
+        self.set_goal(snapshot.goal_xy)
+        self.set_camera_pose(snapshot.eye, snapshot.target, snapshot.up)
+        self._light = {key: list(value) if isinstance(value, tuple) else value
+                       for key, value in snapshot.light}
 
     def render(self) -> np.ndarray:
         """Render the fixed camera with TinyRenderer; returns (height, width, 3) uint8 RGB."""
