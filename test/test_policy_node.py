@@ -66,12 +66,12 @@ def test_refuses_wrong_size_and_encoding_and_stops_planning_when_camera_stale(gr
     before = node.stats['rejected_images']
     small = cv.numpy_to_image(np.zeros((48, 64, 3), np.uint8), probe.get_clock().now().to_msg(),
                               'cam')
-    _feed(probe, pub_img, pub_js, 0.5, image=small)
+    _feed(probe, pub_img, pub_js, 1.0, image=small)
     mono = cv.numpy_to_image(np.zeros((96, 96, 3), np.uint8), probe.get_clock().now().to_msg(),
                              'cam')
     mono.encoding = 'mono8'
-    _feed(probe, pub_img, pub_js, 0.5, image=mono)
-    assert node.stats['rejected_images'] >= before + 4
+    _feed(probe, pub_img, pub_js, 1.0, image=mono)
+    assert wait_for(lambda: node.stats['rejected_images'] >= before + 4, 3.0)
     # Only bad images for > image_timeout: no fresh chunk may appear.
     time.sleep(0.4)
     n = probe.count('/genpolicy/action_chunk')
