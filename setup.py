@@ -43,6 +43,7 @@ setup(
             'genpolicy-record-demos = genpolicy_ros.sim.record_demos:main',
             'genpolicy-train = genpolicy_ros.policy.train:main',
             'genpolicy-calibrate = genpolicy_ros.evaluation:calibrate_main',
+            'genpolicy-monitor-eval = genpolicy_ros.monitor_eval:main',
             'genpolicy-monitor-gui = genpolicy_ros.rqt.standalone:main',
             'genpolicy-report = genpolicy_ros.recording.report:main',
             'genpolicy-record = genpolicy_ros.recording.recorder:main',
