@@ -4,15 +4,20 @@ from typing import Callable, List, Optional
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
 def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> None:
-    """Init rclpy, build the node, spin it on a multi-threaded executor, clean up on exit."""
+    """Init rclpy, build the node, spin it on a single-threaded executor, clean up on exit.
+
+    Single-threaded on purpose: rclpy's multi-threaded executor busy-waits while a ready
+    timer's callback still runs (the filter's 100 Hz step), starving the rest of the process.
+    Slow work has its own threads (policy inference) or processes (camera rendering).
+    """
     rclpy.init(args=args)
     node = factory()
-    executor = MultiThreadedExecutor()
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
