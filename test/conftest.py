@@ -1,8 +1,11 @@
 """Shared pytest set-up: offscreen Qt, a private ROS domain, the repository root on sys.path."""
 
+import dataclasses
 import os
 from pathlib import Path
 import sys
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -11,3 +14,22 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
 # Keep test graphs apart from anything else on the machine (other runs, a user's demo).
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+
+
+# Safety-filter fixtures (test modules that need other meanings of these names define their own).
+@pytest.fixture(scope='module')
+def model():
+    """Return the robot model."""
+    from genpolicy_ros.robot import FrankaModel
+    return FrankaModel()
+
+
+@pytest.fixture(scope='module')
+def config():
+    """Return the YAML config with a generous time budget.
+
+    Timing is not under test here (the machine is shared): a generous budget keeps the loop on
+    the QP path; the time-budget fallback has its own test.
+    """
+    from genpolicy_ros.safety.config import SafetyConfig
+    return dataclasses.replace(SafetyConfig.load(), solve_time_budget_s=10.0)

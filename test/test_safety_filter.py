@@ -7,24 +7,11 @@ import pytest
 import yaml
 
 from genpolicy_ros.paths import config_path
-from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.safety import barriers as barriers_module
 from genpolicy_ros.safety.config import load_parameters, SafetyConfig
 from genpolicy_ros.safety.filter import FilterStatus, RobotState, SafetyFilter
 from genpolicy_ros.safety.qp import QPSolution
 from genpolicy_ros.safety.reference import ReferenceTracker
-
-
-@pytest.fixture(scope='module')
-def model():
-    """Return the robot model."""
-    return FrankaModel()
-
-
-@pytest.fixture(scope='module')
-def config():
-    """Return the YAML config with a generous time budget (timing is not under test)."""
-    return dataclasses.replace(SafetyConfig.load(), solve_time_budget_s=10.0)
 
 
 def _state(q, dq=None, stamp=0.0):

@@ -7,34 +7,17 @@ EE speed (commanded and finite-difference) must stay under the cap. 50 examples 
 10^4 closed-loop steps in the default run (derandomized), 10^5 fresh ones under ``-m slow``.
 """
 
-import dataclasses
 
 from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 import pytest
 
-from genpolicy_ros.robot import FrankaModel
-from genpolicy_ros.safety.config import SafetyConfig
 from genpolicy_ros.safety.filter import FilterStatus, RobotState, SafetyFilter
 
 STEPS = 200
 TOL = 1e-6
 SCENARIOS = ['random', 'into_table', 'into_obstacle', 'into_joint_limit', 'fast',
              'switching', 'stale_then_fast']
-
-
-@pytest.fixture(scope='module')
-def model():
-    """Return the robot model."""
-    return FrankaModel()
-
-
-@pytest.fixture(scope='module')
-def config():
-    """Return the YAML config with a generous time budget."""
-    # Timing is not under test here (the machine is shared): a generous budget keeps the loop on
-    # the QP path; the time-budget fallback has its own test.
-    return dataclasses.replace(SafetyConfig.load(), solve_time_budget_s=10.0)
 
 
 def _hard_values(filt: SafetyFilter, q: np.ndarray) -> dict:
