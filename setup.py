@@ -41,6 +41,7 @@ setup(
             'genpolicy-sim = genpolicy_ros.bringup:main',
             'genpolicy-eval = genpolicy_ros.evaluation:main',
             'genpolicy-record-demos = genpolicy_ros.sim.record_demos:main',
+            'genpolicy-collect = genpolicy_ros.policy.collect:main',
             'genpolicy-train = genpolicy_ros.policy.train:main',
             'genpolicy-calibrate = genpolicy_ros.evaluation:calibrate_main',
             'genpolicy-monitor-eval = genpolicy_ros.monitor_eval:main',

@@ -87,3 +87,30 @@ def test_lr_schedule():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(10, 10, 100) == pytest.approx(1.0)
     assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_init_from_fine_tunes_on_several_demo_dirs(run, tmp_path):
+    """A new run starts from a checkpoint's weights and reads two demo directories."""
+    demos, out = run
+    extra = write_synthetic_demos(tmp_path / 'round2', n_episodes=4, length=20, seed=7)
+    source = torch.load(out / 'checkpoint.pt', weights_only=False)
+    ship = tmp_path / 'ship.pt'
+    export_checkpoint(Path(out) / 'checkpoint.pt', ship)  # fp16 export works as a source too
+    fine = tmp_path / 'fine'
+    main(['--demos', str(demos), str(extra), '--out', str(fine), '--iters', '1',
+          '--batch-size', '8', '--threads', '1', '--no-progress', '--init-from', str(ship),
+          '--learning-rate', '0'])
+    ckpt = torch.load(fine / 'checkpoint.pt', weights_only=False)
+    assert ckpt['step'] == 1
+    assert f"initialised from step {source['step']}" in ckpt['command']
+    assert ckpt['normalizer'] == source['normalizer']  # the source's scale is kept
+    # lr 0: one step leaves the weights at the exported (fp16) EMA weights
+    shipped = torch.load(ship, weights_only=False)['weights']
+    for k, v in shipped.items():
+        assert torch.equal(ckpt['model'][k], v.float()), k
+    doc = yaml.safe_load((fine / 'train_config.yaml').read_text())
+    assert doc['demos'] == [str(demos), str(extra)]
+    assert doc['train_episodes'] + len(doc['val_episodes']) == 12
+    # names carry their directory, so episodes of different rounds stay distinguishable
+    assert doc['val_episodes'] and all(n.split('/')[0] in ('demos', 'round2')
+                                       for n in doc['val_episodes'])

@@ -13,7 +13,7 @@ episode end: the expert holds its final target). Every step of every episode is 
 from dataclasses import dataclass
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -177,25 +177,51 @@ class ChunkDataset:
                               raw['proprio'])
 
 
-def load_demos(demo_dir: PathLike, n_obs_steps: int, horizon: int, relative: bool,
-               val_fraction: float, seed: int, max_episodes: Optional[int] = None,
-               progress: bool = False) -> Tuple[ChunkDataset, Optional[ChunkDataset],
-                                                DemoMeta, List[str]]:
-    """Load a demo directory into (train, val or None, meta, val episode names)."""
-    meta = read_meta(demo_dir)
-    files = episode_files(demo_dir)[:max_episodes]
-    if not files:
-        raise FileNotFoundError(f'no episode_*.npz in {demo_dir}')
+def load_demos(demo_dirs: Union[PathLike, Sequence[PathLike]], n_obs_steps: int, horizon: int,
+               relative: bool, val_fraction: float, seed: int,
+               max_episodes: Optional[int] = None, progress: bool = False
+               ) -> Tuple[ChunkDataset, Optional[ChunkDataset], DemoMeta, List[str]]:
+    """Load one or several demo directories into (train, val or None, meta, val names).
+
+    Several directories (e.g. the original demos plus DAgger rounds) must agree on the facts
+    the policy depends on (push height, decision period); the meta returned is the first's,
+    with the directory list added. ``max_episodes`` applies per directory. Validation
+    episodes are drawn from every directory alike (by episode, reproducibly).
+    """
+    dirs = [demo_dirs] if isinstance(demo_dirs, (str, Path)) else list(demo_dirs)
+    if not dirs:
+        raise ValueError('no demo directory given')
+    metas = [read_meta(d) for d in dirs]
+    for d, m in zip(dirs[1:], metas[1:]):
+        if (abs(m.push_height_m - metas[0].push_height_m) > 1e-9
+                or abs(m.decision_period_s - metas[0].decision_period_s) > 1e-9):
+            raise ValueError(f'{d}: push height / decision period differ from {dirs[0]} '
+                             f'({m.push_height_m}, {m.decision_period_s} vs '
+                             f'{metas[0].push_height_m}, {metas[0].decision_period_s})')
+    files: List[Path] = []
+    for d in dirs:
+        found = episode_files(d)[:max_episodes]
+        if not found:
+            raise FileNotFoundError(f'no episode_*.npz in {d}')
+        files.extend(found)
     if progress:
         from tqdm import tqdm
         files_iter = tqdm(files, desc='loading episodes', unit='ep')
     else:
         files_iter = files
     episodes = [load_episode(p) for p in files_iter]
+    if len(dirs) > 1:  # episode names must stay unique across directories
+        for ep, path in zip(episodes, files):
+            ep.name = f'{path.parent.name}/{path.stem}'
     train_idx, val_idx = split_episodes(len(episodes), val_fraction, seed)
     train = ChunkDataset([episodes[i] for i in train_idx], n_obs_steps, horizon, relative)
     val = (ChunkDataset([episodes[i] for i in val_idx], n_obs_steps, horizon, relative)
            if val_idx else None)
+    meta = metas[0]
+    if len(dirs) > 1:
+        meta = DemoMeta(meta.push_height_m, meta.decision_period_s,
+                        dict(meta.raw, demo_dirs=[str(d) for d in dirs],
+                             metas=[m.raw for m in metas]))
     return train, val, meta, [episodes[i].name for i in val_idx]
 
 

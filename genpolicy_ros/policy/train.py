@@ -38,13 +38,19 @@ from genpolicy_ros.policy.network import (count_parameters, FlowPolicyNet, image
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Parse the command line; unset options fall back to the training YAML."""
     p = argparse.ArgumentParser(description='Train the flow-matching push policy (CPU).')
-    p.add_argument('--demos', required=True, help='demo directory (meta.json + episode_*.npz)')
+    p.add_argument('--demos', required=True, nargs='+',
+                   help='demo directories (meta.json + episode_*.npz each), e.g. the original '
+                        'demos plus genpolicy-collect rounds')
     p.add_argument('--out', required=True, help='run directory (checkpoint.pt, loss.png, ...)')
     p.add_argument('--iters', type=int, help='total optimiser steps')
     p.add_argument('--batch-size', type=int)
+    p.add_argument('--learning-rate', type=float,
+                   help='peak learning rate (e.g. lower it to fine-tune)')
     p.add_argument('--seed', type=int)
     p.add_argument('--threads', type=int, help='torch intra-op threads')
     p.add_argument('--resume', action='store_true', help='continue from <out>/checkpoint.pt')
+    p.add_argument('--init-from', help='start a NEW run from this checkpoint\'s weights, model '
+                                       'config and normaliser (fine-tuning; fresh optimiser)')
     p.add_argument('--config', help='training YAML (default: config/train_policy.yaml)')
     p.add_argument('--max-episodes', type=int, help='use only the first N episodes')
     p.add_argument('--checkpoint-every', type=int, help='iterations between checkpoints')
@@ -140,6 +146,7 @@ class Trainer:
         tc = dict(resume['train_config']) if resume else TrainConfig.load(args.config).to_dict()
         for key, value in (('iters', args.iters), ('batch_size', args.batch_size),
                            ('seed', args.seed), ('threads', args.threads),
+                           ('learning_rate', getattr(args, 'learning_rate', None)),
                            ('checkpoint_every_iters', args.checkpoint_every)):
             if value is not None:
                 tc[key] = value
@@ -147,17 +154,23 @@ class Trainer:
         torch.set_num_threads(self.tc.threads)
         torch.manual_seed(self.tc.seed)
 
-        # The sample shapes come from the checkpoint when resuming, else from the YAML.
-        shape = resume['policy_config'] if resume else read_ros_params(
+        init = None
+        if getattr(args, 'init_from', None) and resume is None:
+            init = torch.load(args.init_from, map_location='cpu', weights_only=False)
+        # The sample shapes come from the checkpoint when resuming or fine-tuning, else from
+        # the YAML.
+        source = resume or init
+        shape = source['policy_config'] if source else read_ros_params(
             Path(args.config) if args.config else config_path(TRAIN_YAML), TRAIN_NODE)['model']
         self.train_set, self.val_set, meta, self.val_names = load_demos(
             args.demos, int(shape['n_obs_steps']), int(shape['horizon']),
             shape['action_frame'] == 'relative_ee', self.tc.val_fraction, self.tc.seed,
             args.max_episodes, progress=not args.no_progress)
         self.meta = meta
-        if resume:
-            self.cfg = PolicyConfig.from_dict(resume['policy_config'])
-            self.normalizer = Normalizer(resume['normalizer'])
+        if source:
+            # Fine-tuning keeps the source's normaliser: the weights were trained in its scale.
+            self.cfg = PolicyConfig.from_dict(source['policy_config'])
+            self.normalizer = Normalizer(source['normalizer'])
         else:
             self.cfg = PolicyConfig.load(meta.decision_period_s, meta.push_height_m, args.config)
             self.normalizer = self.train_set.fit_normalizer()
@@ -175,6 +188,13 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.tc.seed)
         self.rng = np.random.default_rng(self.tc.seed)
         self.command = command
+        if init is not None:
+            weights = init.get('weights') or init.get('ema') or init['model']
+            weights = {k: v.float() for k, v in weights.items()}
+            self.model.load_state_dict(weights)
+            self.ema.load_state_dict(weights)
+            self.command = f'{command} ; initialised from step {int(init.get("step", 0))} of ' \
+                           f'{init.get("command", args.init_from)}'
         if resume:
             self.model.load_state_dict(resume['model'])
             self.ema.load_state_dict(resume['ema'])
@@ -227,7 +247,7 @@ class Trainer:
         }, self.out / 'checkpoint.pt')
         with open(self.out / 'train_config.yaml', 'w', encoding='utf-8') as f:
             yaml.safe_dump({'command': self.command, 'step': self.step,
-                            'demos': str(self.args.demos),
+                            'demos': [str(d) for d in np.atleast_1d(self.args.demos)],
                             'train_episodes': len(self.train_set.episodes),
                             'val_episodes': self.val_names,
                             'parameters': count_parameters(self.model),
