@@ -16,6 +16,7 @@ commanded EE linear velocity over control steps.
 """
 
 import argparse
+from pathlib import Path
 from dataclasses import dataclass, field
 import sys
 import time
@@ -26,7 +27,7 @@ import numpy as np
 from genpolicy_ros.drivers.pybullet_backend import PyBulletBackend
 from genpolicy_ros.monitor.calibration import load_calibration
 from genpolicy_ros.monitor.gate import Mode
-from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor
+from genpolicy_ros.monitor.monitor import load_novelty_model, MonitorConfig, RuntimeMonitor
 from genpolicy_ros.paths import config_path
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION, ExpertPlanner, FlowPlanner
 from genpolicy_ros.policy.config import PolicyRuntimeConfig
@@ -57,6 +58,7 @@ class EpisodeStats:
     intervention_mps: List[float] = field(default_factory=list)
     filter_status: Dict[str, int] = field(default_factory=dict)
     scores: List[float] = field(default_factory=list)
+    novelty: List[float] = field(default_factory=list)
     modes: List[str] = field(default_factory=list)
     first_slow_or_hold_s: Optional[float] = None
     hold_reason: str = ''
@@ -98,6 +100,7 @@ class LockstepStack:
                     f'{path} does not exist: run genpolicy-calibrate first, or evaluate with '
                     '--monitor observe|off')
             self.calibration = load_calibration(path)
+        self.novelty_model = load_novelty_model(self.monitor_config) if monitor != 'off' else None
         self.control_dt = 1.0 / self.sim.control_hz
         self.control_per_decision = int(round(self.sim.control_hz / self.sim.decision_hz))
         self.world_hook = world_hook
@@ -112,7 +115,7 @@ class LockstepStack:
             from dataclasses import replace
             cfg = replace(cfg, require_calibration=False)
         return RuntimeMonitor(cfg, self.model.limits.velocity, self.model.limits.acceleration,
-                              self.calibration)
+                              self.calibration, self.novelty_model)
 
     def _unfiltered(self, state: RobotState) -> tuple:
         """Plain resolved-rate tracking within the joint velocity limits (``--no-filter``)."""
@@ -159,7 +162,9 @@ class LockstepStack:
             self.tracker.set_chunk_arrays(plan.stamp_s, plan.times_from_start_s, plan.positions,
                                           np.tile(DOWN_QUATERNION, (len(plan.positions), 1)))
             if monitor is not None:
-                monitor.on_camera(t, t)
+                monitor.on_camera(t, t, obs['image'])
+                if monitor.camera_checks.last_distance is not None:
+                    stats.novelty.append(monitor.camera_checks.last_distance)
                 if plan.samples is not None:
                     score = monitor.on_chunk_samples(plan.stamp_s, plan.sample_times_s,
                                                      plan.samples, t)
@@ -313,41 +318,84 @@ def main(argv: Optional[List[str]] = None) -> None:
 CALIBRATION_SEED_START = 200000
 
 
+def load_demo_frames(demo_dirs: List[str], max_episodes: int, stride: int) -> np.ndarray:
+    """Return every ``stride``-th camera frame of the first ``max_episodes`` episodes per dir."""
+    from genpolicy_ros.policy.dataset import episode_files
+    frames = []
+    for d in demo_dirs:
+        files = episode_files(d)[:max_episodes]
+        if not files:
+            raise FileNotFoundError(f'no episode_*.npz in {d}: the novelty model is fitted on '
+                                    f'the policy\'s training demos (--feature-demos)')
+        for f in files:
+            with np.load(f) as ep:
+                frames.append(np.asarray(ep['images'][::stride], dtype=np.uint8))
+    return np.concatenate(frames)
+
+
 def calibrate_main(argv: Optional[List[str]] = None) -> None:
-    """Entry point of ``genpolicy-calibrate``: nominal episodes -> monitor threshold YAML."""
+    """Entry point of ``genpolicy-calibrate``: nominal episodes -> monitor thresholds.
+
+    Writes the novelty model (training-feature statistics of the policy encoder, fitted on
+    its demos) and the calibration YAML (conformal thresholds of the consistency score and of
+    the novelty run statistic, each at alpha / 2).
+    """
     from genpolicy_ros.monitor.calibration import calibrate, min_episodes, save_calibration
+    from genpolicy_ros.monitor.novelty import FEATURE_DEFINITION, FeatureNoveltyModel, \
+        run_statistic
     p = argparse.ArgumentParser(
         prog='genpolicy-calibrate', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description='Run nominal lock-step episodes with the monitor observing and write the '
-                    'split-conformal threshold of its consistency score.')
+        description='Fit the camera-novelty model on the training demos, run nominal lock-step '
+                    'episodes with the monitor observing, and write the split-conformal '
+                    'thresholds of its consistency score and camera novelty.')
     p.add_argument('--episodes', type=int, default=40)
     p.add_argument('--seed', type=int, default=CALIBRATION_SEED_START)
-    p.add_argument('--alpha', type=float, default=0.05, help='target false-positive rate')
+    p.add_argument('--alpha', type=float, default=0.05,
+                   help='target false-positive rate (alpha / 2 per alarm channel)')
     p.add_argument('--checkpoint', default=None, help='policy checkpoint (default: shipped)')
+    p.add_argument('--feature-demos', nargs='+', default=['data/demos/push_v1'],
+                   help='demo directories the policy was trained on (novelty model fit)')
+    p.add_argument('--feature-episodes', type=int, default=300,
+                   help='episodes per demo directory used for the fit')
+    p.add_argument('--feature-stride', type=int, default=3, help='use every k-th frame')
+    p.add_argument('--shrinkage', type=float, default=0.05,
+                   help='covariance shrinkage toward a scaled identity, in [0, 1)')
     p.add_argument('--out', default=None,
                    help='output file (default: config/<calibration_file of monitor.yaml>)')
     p.add_argument('--threads', type=int, default=1, help='torch threads')
     args = p.parse_args(argv)
-    need = min_episodes(args.alpha)
+    need = min_episodes(args.alpha / 2.0)
     if args.episodes < need:
-        p.error(f'alpha={args.alpha} needs at least {need} nominal episodes '
-                f'(finite-sample conformal rule), got {args.episodes}')
+        p.error(f'alpha={args.alpha} (alpha/2 per channel) needs at least {need} nominal '
+                f'episodes (finite-sample conformal rule), got {args.episodes}')
     import torch
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
+    checkpoint = args.checkpoint or PolicyRuntimeConfig.load().checkpoint
+    frames = load_demo_frames(args.feature_demos, args.feature_episodes, args.feature_stride)
+    model = FeatureNoveltyModel.fit(str(checkpoint), frames, args.shrinkage)
     stack = LockstepStack('flow', args.checkpoint, use_filter=True, monitor='observe')
+    stack.novelty_model = model
+    k = stack.monitor_config.novelty.hold_consecutive_frames
     scores: List[List[float]] = []
+    novelty: List[float] = []
     try:
         for i in tqdm(range(args.episodes), desc='calibration episodes', unit='ep'):
             r = stack.run_episode(args.seed + i)
             scores.append(r.scores)
+            novelty.append(run_statistic(r.novelty, k))
             tqdm.write(f'seed {args.seed + i}: {"success" if r.success else "failure"}, '
-                       f'max score {max(r.scores) if r.scores else float("nan"):.4f}')
+                       f'max score {max(r.scores) if r.scores else float("nan"):.4f}, '
+                       f'novelty statistic {novelty[-1]:.4f}')
     finally:
         stack.close()
-    checkpoint = args.checkpoint or PolicyRuntimeConfig.load().checkpoint
+    out = Path(args.out) if args.out else config_path(stack.monitor_config.calibration_file)
+    novelty_file = stack.monitor_config.novelty.model_file
+    model.save(out.parent / novelty_file)
     cal = calibrate(scores, args.alpha, str(checkpoint),
-                    stack.monitor_config.consistency.definition())
-    out = args.out or config_path(stack.monitor_config.calibration_file)
+                    stack.monitor_config.consistency.definition(), novelty, FEATURE_DEFINITION,
+                    novelty_file)
     path = save_calibration(cal, out)
-    print(f'threshold={cal.threshold:.6f} alpha={cal.alpha} n={cal.n_episodes} -> {path}')
+    print(f'novelty model: {len(frames)} demo frames -> {out.parent / novelty_file}')
+    print(f'threshold={cal.threshold:.6f} novelty_threshold={cal.novelty_threshold:.6f} '
+          f'alpha={cal.alpha} n={cal.n_episodes} -> {path}')

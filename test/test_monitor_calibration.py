@@ -58,9 +58,13 @@ def test_false_alarm_rate_of_a_new_episode_is_at_most_alpha():
 def test_calibrate_uses_the_maximum_of_each_episode():
     """Calibrate uses the maximum of each episode."""
     episodes = [[0.1, 0.5 + i, 0.2] for i in range(19)]
-    cal = calibrate(episodes, 0.05, 'push_flow_v1.pt', 'def-x', date='2026-11-26T08:00:00+00:00')
+    # alpha 0.1 in all: each of the two channels at 0.05, which 19 episodes allow
+    cal = calibrate(episodes, 0.1, 'push_flow_v1.pt', 'def-x', 2.0 - np.arange(19) / 10,
+                    'nov-x', 'novelty.npz', date='2026-11-26T08:00:00+00:00')
     np.testing.assert_array_equal(episode_maxima(episodes), 0.5 + np.arange(19))
-    assert cal.threshold == 18.5 and cal.n_episodes == 19 and cal.alpha == 0.05
+    assert cal.threshold == 18.5 and cal.n_episodes == 19 and cal.alpha == 0.1
+    assert cal.channel_alpha == 0.05 and cal.novelty_threshold == 2.0
+    assert cal.novelty_definition == 'nov-x' and cal.novelty_model_file == 'novelty.npz'
     assert cal.episode_statistic == EPISODE_STATISTIC
     with pytest.raises(ValueError, match='episode 1'):
         episode_maxima([[1.0], []])
@@ -68,7 +72,8 @@ def test_calibrate_uses_the_maximum_of_each_episode():
 
 def test_save_and_load_round_trip(tmp_path):
     """Save and load round trip."""
-    cal = calibrate([[float(i)] for i in range(25)], 0.05, 'push_flow_v1.pt', 'stac-v1: test')
+    cal = calibrate([[float(i)] for i in range(40)], 0.05, 'push_flow_v1.pt', 'stac-v1: test',
+                    np.linspace(0.5, 1.5, 40), 'nov-v1: test', 'novelty.npz')
     path = save_calibration(cal, tmp_path / 'monitor_calibration.yaml')
     assert load_calibration(path) == cal
     text = path.read_text()
@@ -80,7 +85,8 @@ def test_loader_rejects_missing_or_inconsistent_files(tmp_path):
     """Loader rejects missing or inconsistent files."""
     with pytest.raises(FileNotFoundError, match='calibration'):
         load_calibration(tmp_path / 'none.yaml')
-    good = calibrate([[float(i)] for i in range(19)], 0.05, 'ckpt.pt', 'stac-v1: test')
+    good = calibrate([[float(i)] for i in range(19)], 0.1, 'ckpt.pt', 'stac-v1: test',
+                     np.ones(19), 'nov-v1: test', 'novelty.npz')
     data = {'monitor_calibration': dict(good.__dict__, n_episodes=10)}
     bad = tmp_path / 'bad.yaml'
     bad.write_text(yaml.safe_dump(data))

@@ -7,6 +7,7 @@ from genpolicy_ros.monitor.calibration import calibrate
 from genpolicy_ros.config_io import unflatten
 from genpolicy_ros.monitor.consistency import ConsistencyScorer, OverlapStatus
 from genpolicy_ros.monitor.gate import Mode
+from genpolicy_ros.monitor.novelty import FEATURE_DEFINITION
 from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor
 from genpolicy_ros.monitor.watchdogs import FaultKind
 from genpolicy_ros.paths import config_path
@@ -51,7 +52,9 @@ def calibration(config):
             scorer.score(k * DECISION_S, TIMES,
                          _chunk(rng, k * DECISION_S, rng.uniform(0.002, 0.008))).score
             for k in range(8)])
-    return calibrate(episodes, 0.05, 'test-policy.pt', config.consistency.definition())
+    # alpha 0.1: 0.05 per alarm channel, which 19 episodes allow; no camera images here
+    return calibrate(episodes, 0.1, 'test-policy.pt', config.consistency.definition(),
+                     np.zeros(19), FEATURE_DEFINITION, 'unused.npz')
 
 
 class Loop:

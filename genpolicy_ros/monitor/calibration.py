@@ -91,7 +91,13 @@ def episode_maxima(episode_scores: Sequence[Sequence[float]]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A calibrated threshold with everything needed to judge whether it still applies."""
+    """Calibrated thresholds with everything needed to judge whether they still apply.
+
+    Two alarm channels share the false-positive budget ``alpha`` (Bonferroni): the
+    consistency score (``threshold``) and the camera-novelty distance (``novelty_threshold``,
+    statistic: :func:`genpolicy_ros.monitor.novelty.run_statistic`) are each calibrated at
+    ``alpha / 2``, so a nominal episode raises either alarm with probability <= ``alpha``.
+    """
 
     threshold: float
     alpha: float
@@ -100,17 +106,27 @@ class Calibration:
     date: str
     score_definition: str
     episode_statistic: str
+    novelty_threshold: float
+    novelty_definition: str
+    novelty_model_file: str
+
+    @property
+    def channel_alpha(self) -> float:
+        """Return the miscoverage level each of the two channels is calibrated at."""
+        return self.alpha / 2.0
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> 'Calibration':
         """Build from the mapping stored in the calibration file; validates every field."""
         cal = cls(**take(params, cls, CALIBRATION_KEY))
-        if not math.isfinite(cal.threshold):
-            raise ValueError(f'calibration threshold must be finite, got {cal.threshold}')
-        if cal.n_episodes < min_episodes(cal.alpha):
+        if not (math.isfinite(cal.threshold) and math.isfinite(cal.novelty_threshold)):
+            raise ValueError(f'calibration thresholds must be finite, got {cal.threshold}, '
+                             f'{cal.novelty_threshold}')
+        if cal.n_episodes < min_episodes(cal.channel_alpha):
             raise InsufficientCalibrationData(
                 f'calibration file claims n={cal.n_episodes} episodes, fewer than the '
-                f'{min_episodes(cal.alpha)} that alpha={cal.alpha} requires')
+                f'{min_episodes(cal.channel_alpha)} that alpha={cal.alpha} (two channels at '
+                f'alpha/2) requires')
         if cal.episode_statistic != EPISODE_STATISTIC:
             raise ValueError(f'unknown calibration statistic {cal.episode_statistic!r}')
         return cal
@@ -118,20 +134,29 @@ class Calibration:
 
 def calibrate(episode_scores: Sequence[Sequence[float]], alpha: float,
               policy_checkpoint: str, score_definition: str,
-              date: Optional[str] = None) -> Calibration:
-    """Return the calibration from per-decision scores of ``n`` nominal episodes.
+              novelty_statistics: Sequence[float], novelty_definition: str,
+              novelty_model_file: str, date: Optional[str] = None) -> Calibration:
+    """Return the calibration from ``n`` nominal episodes.
 
-    ``episode_scores[i]`` lists the scores of episode ``i``'s decisions; ``date`` defaults to
-    now (UTC, ISO 8601).
+    ``episode_scores[i]`` lists the consistency scores of episode ``i``'s decisions;
+    ``novelty_statistics[i]`` is the novelty run statistic of its camera frames. Each channel
+    gets ``alpha / 2``. ``date`` defaults to now (UTC, ISO 8601).
     """
     maxima = episode_maxima(episode_scores)
-    threshold = conformal_threshold(maxima, alpha)
+    novelty = np.asarray(novelty_statistics, dtype=float).ravel()
+    if novelty.size != maxima.size:
+        raise ValueError(f'{novelty.size} novelty statistics for {maxima.size} episodes')
+    threshold = conformal_threshold(maxima, alpha / 2.0)
+    novelty_threshold = conformal_threshold(novelty, alpha / 2.0)
     if date is None:
         date = datetime.now(timezone.utc).isoformat(timespec='seconds')
     return Calibration(threshold=threshold, alpha=float(alpha), n_episodes=int(maxima.size),
                        policy_checkpoint=str(policy_checkpoint), date=str(date),
                        score_definition=str(score_definition),
-                       episode_statistic=EPISODE_STATISTIC)
+                       episode_statistic=EPISODE_STATISTIC,
+                       novelty_threshold=novelty_threshold,
+                       novelty_definition=str(novelty_definition),
+                       novelty_model_file=str(novelty_model_file))
 
 
 def default_calibration_path(file_name: str = 'monitor_calibration.yaml') -> Path:
@@ -142,7 +167,8 @@ def default_calibration_path(file_name: str = 'monitor_calibration.yaml') -> Pat
 def save_calibration(cal: Calibration, path: Union[str, Path, None] = None) -> Path:
     """Write ``cal`` as YAML (default ``config/monitor_calibration.yaml``); return the path."""
     path = Path(path) if path is not None else default_calibration_path()
-    header = ('# Split-conformal threshold of the runtime monitor\'s consistency score.\n'
+    header = ('# Split-conformal thresholds of the runtime monitor (consistency score, camera '
+              'novelty).\n'
               '# Generated by genpolicy_ros.monitor.calibration from nominal episodes; do not '
               'edit by hand.\n')
     body = yaml.safe_dump({CALIBRATION_KEY: asdict(cal)}, sort_keys=False, width=1000)

@@ -17,6 +17,8 @@ from genpolicy_ros.monitor.config_util import take
 from genpolicy_ros.monitor.consistency import (ConsistencyConfig, ConsistencyScore,
                                                ConsistencyScorer)
 from genpolicy_ros.monitor.gate import CommandGate, Gate, GateConfig, Mode, Transition
+from genpolicy_ros.monitor.novelty import (CameraContentChecks, FEATURE_DEFINITION,
+                                           FeatureNoveltyModel, NoveltyConfig)
 from genpolicy_ros.monitor.watchdogs import Fault, FaultKind, WatchdogConfig, Watchdogs
 from genpolicy_ros.paths import config_path
 import numpy as np
@@ -34,6 +36,7 @@ class MonitorConfig:
     consistency: ConsistencyConfig
     watchdogs: WatchdogConfig
     gate: GateConfig
+    novelty: NoveltyConfig
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> 'MonitorConfig':
@@ -42,13 +45,14 @@ class MonitorConfig:
         A node holding ROS 2's flat dotted names passes them through
         :func:`genpolicy_ros.config_io.unflatten` first.
         """
-        sections = ('consistency', 'watchdogs', 'gate')
+        sections = ('consistency', 'watchdogs', 'gate', 'novelty')
         flat = {k: v for k, v in params.items() if k not in sections}
         flat.update({s: None for s in sections if s in params})
         values = take(flat, cls, 'monitor_node')
         values['consistency'] = ConsistencyConfig.from_dict(params['consistency'])
         values['watchdogs'] = WatchdogConfig.from_dict(params['watchdogs'])
         values['gate'] = GateConfig.from_dict(params['gate'])
+        values['novelty'] = NoveltyConfig.from_dict(params['novelty'])
         return cls(**values)
 
     @classmethod
@@ -74,6 +78,8 @@ class MonitorStatus:
     velocity_scale: float
     calibration: Optional[Calibration]
     last_transition: Optional[Transition]
+    novelty_distance: Optional[float] = None
+    novelty_threshold: Optional[float] = None
 
     def as_key_values(self) -> List[Tuple[str, str]]:
         """Return ``(key, value)`` strings for a diagnostic_msgs/DiagnosticStatus."""
@@ -90,6 +96,8 @@ class MonitorStatus:
               ('overlap', chunk.status.value if chunk else 'n/a'),
               ('fallback_fraction', num(self.fallback_fraction)),
               ('latency_ms', num(self.latency_ms)), ('velocity_scale', num(self.velocity_scale)),
+              ('novelty_distance', num(self.novelty_distance)),
+              ('novelty_threshold', num(self.novelty_threshold)),
               ('calibration', (f'{self.calibration.policy_checkpoint} '
                                f'({self.calibration.date}, n={self.calibration.n_episodes}, '
                                f'alpha={self.calibration.alpha:g})')
@@ -105,12 +113,15 @@ class RuntimeMonitor:
     """Consistency score + watchdogs + gate; only ``gated_command`` output may reach the arm."""
 
     def __init__(self, config: MonitorConfig, velocity_limits: np.ndarray,
-                 acceleration_limits: np.ndarray, calibration: Optional[Calibration]):
+                 acceleration_limits: np.ndarray, calibration: Optional[Calibration],
+                 novelty_model: Optional[FeatureNoveltyModel] = None):
         """Create a monitor; ``calibration`` None means "not calibrated" (see the config).
 
         ``velocity_limits`` [rad/s] and ``acceleration_limits`` [rad/s^2] are per joint, e.g.
         ``FrankaModel().limits.velocity`` / ``.acceleration``. A calibration made for a
-        different score definition is refused with ``ValueError``.
+        different score definition is refused with ``ValueError``. ``novelty_model`` (the
+        policy encoder's training-feature statistics) enables the camera-novelty check; frozen
+        frames are checked whenever camera images are passed to :meth:`on_camera`.
         """
         if calibration is not None:
             mine = config.consistency.definition()
@@ -119,12 +130,18 @@ class RuntimeMonitor:
                     f'the calibration was made for another score definition:\n  '
                     f'{calibration.score_definition}\nthis monitor computes:\n  {mine}\n'
                     f'recalibrate with the current config')
+            if calibration.novelty_definition != FEATURE_DEFINITION:
+                raise ValueError(f'the calibration was made for another novelty feature: '
+                                 f'{calibration.novelty_definition!r}; recalibrate')
         self.config = config
         self.calibration = calibration
         self.scorer = ConsistencyScorer(config.consistency)
         self.watchdogs = Watchdogs(config.watchdogs, velocity_limits)
         threshold = calibration.threshold if calibration is not None else None
         self.gate = Gate(config.gate, threshold)
+        self.camera_checks = CameraContentChecks(
+            config.novelty, novelty_model,
+            calibration.novelty_threshold if calibration is not None else None)
         self.command_gate = CommandGate(config.gate, acceleration_limits)
         if self.watchdogs.n_joints != self.command_gate.acceleration_limits.size:
             raise ValueError('velocity and acceleration limits have different lengths')
@@ -150,7 +167,8 @@ class RuntimeMonitor:
                                    else acceleration_limits)
         path = config_path(config.calibration_file)
         calibration = load_calibration(path) if path.is_file() else None
-        return cls(config, velocity_limits, acceleration_limits, calibration)
+        return cls(config, velocity_limits, acceleration_limits, calibration,
+                   load_novelty_model(config))
 
     def _tick(self, now: float) -> float:
         now = float(now)
@@ -176,11 +194,20 @@ class RuntimeMonitor:
 
     def on_joint_state(self, q: np.ndarray, dq: np.ndarray, stamp: float, now: float) -> bool:
         """Register a measured joint state; return True if it was good."""
-        return self.watchdogs.on_joint_state(q, dq, stamp, self._tick(now))
+        good = self.watchdogs.on_joint_state(q, dq, stamp, self._tick(now))
+        if good:
+            self.camera_checks.on_joint_positions(q)
+        return good
 
-    def on_camera(self, stamp: float, now: float) -> bool:
-        """Register a camera frame's arrival; return True if its stamp was good."""
-        return self.watchdogs.on_camera(stamp, self._tick(now))
+    def on_camera(self, stamp: float, now: float, image: Optional[np.ndarray] = None) -> bool:
+        """Register a camera frame; return True if its stamp (and image) were good.
+
+        With ``image`` (H, W, 3) uint8 the content is checked too (novelty, frozen frame).
+        """
+        good = self.watchdogs.on_camera(stamp, self._tick(now))
+        if good and image is not None:
+            self.camera_checks.on_frame(image)
+        return good
 
     def on_safe_command(self, q_cmd: np.ndarray, dq_cmd: np.ndarray, stamp: float,
                         status_fallback: bool, now: float) -> bool:
@@ -195,7 +222,7 @@ class RuntimeMonitor:
 
     def active_faults(self, now: float) -> List[Fault]:
         """Return the watchdog faults at ``now`` plus UNCALIBRATED when that is required."""
-        faults = self.watchdogs.active_faults(now)
+        faults = self.watchdogs.active_faults(now) + self.camera_checks.active_faults()
         if self.calibration is None and self.config.require_calibration:
             faults.append(Fault(FaultKind.UNCALIBRATED, 'calibration',
                                 f'config/{self.config.calibration_file} not loaded', 0.0, 0.0))
@@ -251,4 +278,12 @@ class RuntimeMonitor:
             faults=faults, fallback_fraction=self.watchdogs.fallback_fraction,
             latency_ms=self.watchdogs.latency_ms, velocity_scale=self.command_gate.scale,
             calibration=self.calibration,
-            last_transition=transitions[-1] if transitions else None)
+            last_transition=transitions[-1] if transitions else None,
+            novelty_distance=self.camera_checks.last_distance,
+            novelty_threshold=self.camera_checks.threshold)
+
+
+def load_novelty_model(config: MonitorConfig) -> Optional[FeatureNoveltyModel]:
+    """Load ``config/<novelty.model_file>`` if it exists (None: novelty check off)."""
+    path = config_path(config.novelty.model_file)
+    return FeatureNoveltyModel.load(path) if path.is_file() else None

@@ -54,12 +54,14 @@ class FaultKind(Enum):
     FALLBACK_RATE = 'Safety filter falls back too often'
     LATENCY = 'Policy inference latency over budget'
     UNCALIBRATED = 'No consistency calibration for this policy: cannot judge its outputs'
+    NOVEL_OBSERVATION = 'Camera images unlike the training data: the policy is out of its depth'
+    FROZEN_FRAME = 'Camera image frozen while the arm moves'
 
 
 HARD_KINDS = frozenset({
     FaultKind.STALE, FaultKind.NON_FINITE, FaultKind.MALFORMED, FaultKind.TIME_BACKWARDS,
     FaultKind.TIME_JUMP, FaultKind.COMMAND_JUMP, FaultKind.COMMAND_VELOCITY,
-    FaultKind.UNCALIBRATED,
+    FaultKind.UNCALIBRATED, FaultKind.NOVEL_OBSERVATION, FaultKind.FROZEN_FRAME,
 })
 
 

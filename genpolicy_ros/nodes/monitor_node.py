@@ -44,6 +44,10 @@ class MonitorNode(Node):
         self.config = MonitorConfig.from_dict(params)
         limits = FrankaModel().limits
         self.monitor = RuntimeMonitor.from_files(self.config, limits.velocity, limits.acceleration)
+        if self.monitor.camera_checks.model is None:
+            self.get_logger().warning(
+                f'no novelty model config/{self.config.novelty.model_file}: camera images are '
+                f'checked for freezing only, not for novelty (run genpolicy-calibrate)')
         self.joint_names = [f'panda_joint{i}' for i in range(1, 8)]
         self.diagnostics_period_s = 1.0 / float(node_params['diagnostics_rate_hz'])
         self._lock = threading.Lock()
@@ -116,8 +120,15 @@ class MonitorNode(Node):
                 self._measured = (q, dq)
 
     def _on_camera(self, msg: Image) -> None:
+        now = self._now()
+        try:
+            image: Optional[np.ndarray] = cv.image_to_numpy(msg)
+        except cv.InputError as exc:
+            # The stamp still counts for the stale watchdog; the content cannot be checked.
+            self._warn(f'camera image not checked: {exc}')
+            image = None
         with self._lock:
-            self.monitor.on_camera(cv.stamp_to_s(msg.header.stamp), self._now())
+            self.monitor.on_camera(cv.stamp_to_s(msg.header.stamp), now, image)
 
     # ------------------------------------------------------------------ services
     def _on_hold(self, request, response):
