@@ -11,7 +11,7 @@ the monitor also looks at each camera frame itself:
   data the frame is, to the policy. ``hold_consecutive_frames`` frames in a row above the
   calibrated threshold raise a hard fault (HOLD). The threshold is calibrated split-conformally
   on exactly that statistic (see :func:`run_statistic`).
-* **Frozen frame**: the image content has not changed while the arm moved by more than
+* **Frozen frame**: the image content has not changed while a joint moved by more than
   ``frozen_motion_rad`` (the arm is in view, so a live camera must see it move): hard fault.
 
 Torch is imported only when a novelty model is loaded.
@@ -39,7 +39,7 @@ class NoveltyConfig:
 
     model_file: str
     hold_consecutive_frames: int
-    frozen_max_mean_abs_diff: float
+    frozen_max_block_diff: float
     frozen_motion_rad: float
 
     @classmethod
@@ -48,8 +48,8 @@ class NoveltyConfig:
         cfg = cls(**take(params, cls, 'novelty'))
         if cfg.hold_consecutive_frames < 1:
             raise ValueError('novelty.hold_consecutive_frames must be >= 1')
-        if cfg.frozen_max_mean_abs_diff < 0.0 or cfg.frozen_motion_rad <= 0.0:
-            raise ValueError('novelty.frozen_max_mean_abs_diff must be >= 0 and '
+        if cfg.frozen_max_block_diff < 0.0 or cfg.frozen_motion_rad <= 0.0:
+            raise ValueError('novelty.frozen_max_block_diff must be >= 0 and '
                              'novelty.frozen_motion_rad > 0')
         return cfg
 
@@ -201,8 +201,10 @@ class CameraContentChecks:
         """Check one RGB frame (H, W, 3) uint8; return its novelty distance (None: no model)."""
         img = np.asarray(image)
         small = _downsample(img)
-        if self._small is None or float(np.abs(small - self._small).mean()) > \
-                self.config.frozen_max_mean_abs_diff:
+        # Max over blocks, not the mean: a moving arm changes a few blocks a lot and the
+        # rest of the view not at all.
+        if self._small is None or float(np.abs(small - self._small).max()) > \
+                self.config.frozen_max_block_diff:
             self._small = small
             self._q_at_change = None if self._q is None else self._q.copy()
             self._frozen_motion = 0.0
