@@ -3,8 +3,12 @@
 Runs the real ``RuntimeMonitor`` (config/monitor.yaml, Franka limits) on synthetic chunks of
 ``N`` samples x ``H`` = 16 steps x ``D`` = 3, one decision every 0.8 s of simulated time, with
 joint states, camera frames and safe commands fed between decisions (not timed) so the gate
-sees live inputs. The threshold comes from a split-conformal calibration on 19 synthetic
+sees live inputs. The threshold comes from a split-conformal calibration on 40 synthetic
 nominal episodes (the benchmark's own data; it is not the policy's calibration).
+
+A second table times the per-frame camera-content check (``on_camera`` with a 96x96 frame:
+the policy encoder's features + Mahalanobis distance with the shipped novelty model, and the
+frozen-frame check), which runs at the camera rate beside the decisions.
 
 Usage: ``python benchmarks/monitor_bench.py [--samples 16 32] [--decisions 1000]``. The last
 line is ``monitor_p99_ms=<float>`` for the default N (the first of ``--samples``).
@@ -21,7 +25,9 @@ import numpy as np  # noqa: E402
 
 from genpolicy_ros.monitor.calibration import calibrate  # noqa: E402
 from genpolicy_ros.monitor.consistency import ConsistencyScorer  # noqa: E402
+from genpolicy_ros.monitor.monitor import load_novelty_model  # noqa: E402
 from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor  # noqa: E402
+from genpolicy_ros.monitor.novelty import FEATURE_DEFINITION  # noqa: E402
 from genpolicy_ros.robot import FrankaModel  # noqa: E402
 
 H, D = 16, 3
@@ -39,11 +45,12 @@ def bench(n: int, decisions: int, config: MonitorConfig, limits) -> dict:
     """Return per-decision timings [ms] for ``n`` samples per chunk."""
     rng = np.random.default_rng(n)
     episodes = []
-    for _ in range(19):
+    for _ in range(40):
         scorer = ConsistencyScorer(config.consistency)
         episodes.append([scorer.score(k * DECISION_S, TIMES,
                                       _chunk(rng, k * DECISION_S, n)).score for k in range(8)])
-    cal = calibrate(episodes, 0.05, 'synthetic-benchmark', config.consistency.definition())
+    cal = calibrate(episodes, 0.05, 'synthetic-benchmark', config.consistency.definition(),
+                    np.zeros(40), FEATURE_DEFINITION, 'unused')
     monitor = RuntimeMonitor(config, limits.velocity, limits.acceleration, cal)
     q = np.zeros(7)
     total, score_only = [], []
@@ -71,13 +78,39 @@ def bench(n: int, decisions: int, config: MonitorConfig, limits) -> dict:
             'chunk_p99': np.percentile(score_a, 99), 'mode': monitor.mode.name}
 
 
+def bench_camera(frames: int, config: MonitorConfig, limits) -> dict:
+    """Return per-frame timings [ms] of the camera-content check with the shipped model."""
+    model = load_novelty_model(config)
+    if model is None:
+        raise SystemExit(f'no novelty model config/{config.novelty.model_file}: run '
+                         f'genpolicy-calibrate first')
+    monitor = RuntimeMonitor(config, limits.velocity, limits.acceleration, None, model)
+    rng = np.random.default_rng(0)
+    size = model.image_size_px
+    times = []
+    for k in range(frames + 20):
+        image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        now = k / 15.0
+        monitor.on_joint_state(np.zeros(7), np.zeros(7), now, now)
+        t0 = time.perf_counter()
+        monitor.on_camera(now, now, image)
+        if k >= 20:
+            times.append((time.perf_counter() - t0) * 1e3)
+    a = np.array(times)
+    return {'frames': frames, 'p50': np.percentile(a, 50), 'p99': np.percentile(a, 99),
+            'max': a.max()}
+
+
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--samples', type=int, nargs='+', default=[16, 32],
                         help='samples per chunk N; the first is the default N')
     parser.add_argument('--decisions', type=int, default=1000)
+    parser.add_argument('--frames', type=int, default=500, help='camera frames to time')
     args = parser.parse_args()
+    import torch
+    torch.set_num_threads(1)
     config = MonitorConfig.load()
     limits = FrankaModel().limits
     rows = [bench(n, args.decisions, config, limits) for n in args.samples]
@@ -88,7 +121,15 @@ def main() -> None:
     for r in rows:
         print(f'{r["n"]:>4} {r["p50"]:>8.3f} {r["p99"]:>8.3f} {r["max"]:>8.3f} '
               f'{r["chunk_p99"]:>13.3f} {r["mode"]:>10}')
+    cam = bench_camera(args.frames, config, limits)
+    print(f'camera-content check per frame ({size_note(config)}), {cam["frames"]} frames: '
+          f'p50 {cam["p50"]:.3f} ms, p99 {cam["p99"]:.3f} ms, max {cam["max"]:.3f} ms')
     print(f'monitor_p99_ms={rows[0]["p99"]:.4f}')
+
+
+def size_note(config: MonitorConfig) -> str:
+    """Describe what the camera check runs."""
+    return f'policy encoder + Mahalanobis, {config.novelty.model_file}, 1 torch thread'
 
 
 if __name__ == '__main__':

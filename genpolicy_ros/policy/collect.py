@@ -14,7 +14,8 @@ by collecting data where the policy will run:
 
 Episodes are written in the demo recorder's format (``genpolicy_ros.sim.record_demos``, plus
 ``driver`` per episode), so ``genpolicy-train --demos DIR1 DIR2 ...`` reads them beside the
-original demos. Seeds must be training seeds (< ``EVAL_SEED_START``).
+original demos. Seeds must be training seeds (< ``EVAL_SEED_START``). Stopping a run early
+(Ctrl-C, SIGTERM) keeps the episodes collected so far and writes their ``meta.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 import shutil
+import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -198,6 +200,9 @@ def collect(driver: str, episodes: int, out_dir: Path, first_seed: int,
                     if handle(item):
                         pool.terminate()
                         break
+    except KeyboardInterrupt:
+        # Stopped early (Ctrl-C or SIGTERM): keep what was collected, with a valid meta.json.
+        print(f'\nstopped: keeping {len(kept)} episodes', flush=True)
     finally:
         bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -254,6 +259,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--workers', type=int, default=2, help='parallel processes')
     p.add_argument('--overwrite', action='store_true', help='replace existing episodes')
     args = p.parse_args(argv)
+
+    def _interrupt(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     meta = collect(args.driver, args.episodes, args.out, args.seed, args.checkpoint,
                    args.noise_std, args.workers, args.overwrite)
     print(f"kept {meta['episodes']} episodes ({meta['driver']} driving, success rate "
