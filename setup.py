@@ -37,6 +37,8 @@ setup(
             'policy_node = genpolicy_ros.nodes.policy_node:main',
             'safety_filter_node = genpolicy_ros.nodes.safety_filter_node:main',
             'monitor_node = genpolicy_ros.nodes.monitor_node:main',
+            'driver_node = genpolicy_ros.nodes.driver_node:main',
+            'camera_node = genpolicy_ros.nodes.camera_node:main',
             # Tools
             'genpolicy-sim = genpolicy_ros.bringup:main',
             'genpolicy-eval = genpolicy_ros.evaluation:main',
@@ -48,6 +50,7 @@ setup(
             'genpolicy-monitor-gui = genpolicy_ros.rqt.standalone:main',
             'genpolicy-report = genpolicy_ros.recording.report:main',
             'genpolicy-record = genpolicy_ros.recording.recorder:main',
+            'genpolicy-franka-sim = genpolicy_ros.drivers.franka_sim_server:main',
         ],
     },
 )

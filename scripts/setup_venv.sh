@@ -18,8 +18,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 
+# franka-sim (the FCI simulator the Franka driver is tested against) in a virtualenv of its own;
+# if it cannot be installed, only those protocol tests skip, saying why.
+bash scripts/setup_franka_sim_venv.sh || echo "setup: continuing without franka-sim" >&2
+
 stamp=.venv/.genpolicy-installed
-want=$(cat requirements.txt requirements-dev.txt constraints.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt constraints.txt setup.py \
+  requirements-franka-sim.txt constraints-franka-sim.txt | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: .venv is up to date"
   exit 0

@@ -33,3 +33,7 @@ def config():
     """
     from genpolicy_ros.safety.config import SafetyConfig
     return dataclasses.replace(SafetyConfig.load(), solve_time_budget_s=10.0)
+
+
+# The franka-sim FCI server (one at a time: its port is fixed) for the Franka protocol tests.
+from franka_sim_fixture import franka_sim, franka_sim_workdir  # noqa: E402,F401

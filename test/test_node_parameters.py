@@ -18,6 +18,10 @@ NODES = [
     ('genpolicy_ros.nodes.monitor_node', 'MonitorNode', 'monitor.yaml', 'monitor_node', {}),
     ('genpolicy_ros.nodes.policy_node', 'PolicyNode', 'policy.yaml', 'policy_node',
      dict(parameter_overrides=[rclpy.parameter.Parameter('node.policy_type', value='expert')])),
+    ('genpolicy_ros.nodes.driver_node', 'FrankaDriverNode', 'driver.yaml', 'driver_node',
+     dict(parameter_overrides=[rclpy.parameter.Parameter('node.autostart', value=False)])),
+    ('genpolicy_ros.nodes.camera_node', 'CameraNode', 'camera.yaml', 'camera_node',
+     dict(parameter_overrides=[rclpy.parameter.Parameter('device', value='/nonexistent')])),
 ]
 
 
@@ -42,7 +46,7 @@ def test_declared_parameters_match_yaml(context, module, cls, config_file, node_
             f'declared but not in YAML: {sorted(declared - set(yaml_params))}; '
             f'in YAML but not declared: {sorted(set(yaml_params) - declared)}')
         for name, value in yaml_params.items():
-            if name in ('node.autostart', 'node.policy_type'):
+            if name in ('node.autostart', 'node.policy_type', 'device'):
                 continue  # overridden above so the test needs no PyBullet/torch run
             got = node.get_parameter(name).value
             assert list(got) == list(value) if isinstance(value, list) else got == value, name

@@ -103,3 +103,51 @@ def test_colcon_build_installs_the_package(tmp_path):
         assert (share / 'config' / cfg).is_file()
     site = list((prefix / 'lib').glob('python3*/site-packages/genpolicy_ros/__init__.py'))
     assert site, 'the Python package was not installed'
+
+
+def _launch_node_overrides():
+    """Yield (launch file, node name, YAML file, override keys) for every launch_ros Node."""
+    for launch in sorted((REPO_ROOT / 'launch').glob('*_launch.py')):
+        tree = ast.parse(launch.read_text())
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and getattr(call.func, 'id', '') == 'Node'):
+                continue
+            kw = {k.arg: k.value for k in call.keywords}
+            if 'parameters' not in kw:
+                continue
+            name = ast.literal_eval(kw['name'])
+            yaml_files, keys = [], []
+            for item in kw['parameters'].elts:
+                if isinstance(item, ast.Call) and item.args:
+                    yaml_files.append(ast.literal_eval(item.args[0]))
+                elif isinstance(item, ast.Dict):
+                    keys += [ast.literal_eval(k) for k in item.keys]
+            yield launch.name, name, yaml_files, keys
+
+
+def test_launch_parameter_overrides_are_declared_in_the_nodes_yaml():
+    # A launch file overriding a parameter the node does not declare would be silently ignored
+    # (or, for a typo, fail only on the robot): every override key must be in the node's YAML.
+    from genpolicy_ros.nodes.params import load_node_params
+    seen = set()
+    for launch, name, yaml_files, keys in _launch_node_overrides():
+        assert len(yaml_files) == 1, f'{launch}: {name} should take exactly one config YAML'
+        declared = load_node_params(yaml_files[0], name)
+        for key in keys:
+            assert key in declared, f'{launch}: {name} overrides {key!r}, not in {yaml_files[0]}'
+        seen.add((launch, name))
+    assert ('real_launch.py', 'driver_node') in seen and ('sim_launch.py', 'sim_node') in seen
+
+
+def test_real_launch_needs_a_robot_ip_and_enforces_realtime_by_default():
+    src = (REPO_ROOT / 'launch' / 'real_launch.py').read_text()
+    tree = ast.parse(src)
+    args = {}
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, 'id', '') == 'DeclareLaunchArgument':
+            kw = {k.arg: k.value for k in call.keywords}
+            args[ast.literal_eval(call.args[0])] = (
+                ast.literal_eval(kw['default_value']) if 'default_value' in kw else None)
+    assert args['robot_ip'] is None, 'robot_ip must be given, never defaulted'
+    assert args['realtime_config'] == 'enforce'
+    assert {'camera', 'video_device', 'camera_image_topic', 'operator_view'} <= set(args)
