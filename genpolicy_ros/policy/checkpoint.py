@@ -1,7 +1,7 @@
 """Checkpoint files of the flow policy: the training checkpoint and the shipped export.
 
 A training checkpoint (``checkpoint.pt`` in the run directory) holds everything needed to
-resume. The shipped file (``checkpoints/push_flow_v1.pt``) holds only the EMA weights (fp16 by
+resume. A shipped file (``checkpoints/push_flow_v2.pt``) holds only the EMA weights (fp16 by
 default), the :class:`PolicyConfig`, the normaliser stats and provenance (step, command line,
 demo meta). Both load through :func:`load_for_inference`.
 """
