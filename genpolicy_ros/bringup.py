@@ -106,12 +106,20 @@ class Bringup:
         reply = self.call(self._episode_client)
         self.policy.reset_episode()
         time.sleep(settle_s)
+        return f'{reply.message}; monitor: {self.release_hold(timeout_s)}'
+
+    def release_hold(self, timeout_s: float = 30.0) -> str:
+        """Reset the monitor as an operator would, retried until its inputs are live.
+
+        monitor_node starts in HOLD and leaves it only on an explicit reset: this demo is its
+        operator. Returns the monitor's last answer.
+        """
         deadline = time.monotonic() + timeout_s
         message = self.monitor.reset_episode()
         while self.monitor.monitor.mode == Mode.HOLD and time.monotonic() < deadline:
             time.sleep(0.1)
             message = self.monitor.reset_episode()
-        return f'{reply.message}; monitor: {message}'
+        return message
 
     def shutdown(self) -> None:
         """Stop spinning, then release every node (in that order: no callback outlives it)."""
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     graph = Bringup(args.policy, args.checkpoint, args.gui, args.seed, args.record)
     results = []
     try:
+        print(f'start: monitor: {graph.release_hold()}', flush=True)
         for ep in range(args.episodes):
             if ep > 0:
                 print(f'next episode: {graph.next_episode()}', flush=True)

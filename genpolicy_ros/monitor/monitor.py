@@ -192,9 +192,13 @@ class RuntimeMonitor:
         self.gate.observe_score(result.score, now)
         return result
 
-    def on_joint_state(self, q: np.ndarray, dq: np.ndarray, stamp: float, now: float) -> bool:
-        """Register a measured joint state; return True if it was good."""
-        good = self.watchdogs.on_joint_state(q, dq, stamp, self._tick(now))
+    def on_joint_state(self, q: np.ndarray, dq: np.ndarray, stamp: float, now: float,
+                       rejected: Optional[str] = None) -> bool:
+        """Register a measured joint state; return True if it was good.
+
+        ``rejected``: why the message was refused before it got here (a MALFORMED fault).
+        """
+        good = self.watchdogs.on_joint_state(q, dq, stamp, self._tick(now), rejected)
         if good:
             self.camera_checks.on_joint_positions(q)
         return good

@@ -268,12 +268,21 @@ class Watchdogs:
         """Register a camera frame; return True if it is good."""
         return self.streams['camera'].feed(stamp, now)
 
-    def on_joint_state(self, q: np.ndarray, dq: np.ndarray, stamp: float, now: float) -> bool:
-        """Register a joint state (positions [rad], velocities [rad/s]); True if good."""
+    def on_joint_state(self, q: np.ndarray, dq: np.ndarray, stamp: float, now: float,
+                       rejected: Optional[str] = None) -> bool:
+        """Register a joint state (positions [rad], velocities [rad/s]); True if good.
+
+        ``rejected`` is why the message was refused at the node's edge (wrong joint names,
+        implausible values, ...): it counts as a MALFORMED message of the stream.
+        """
         q = np.asarray(q, dtype=float)
         dq = np.asarray(dq, dtype=float)
-        fault = (self._shape_fault('joint_states', position=q, velocity=dq)
-                 or _nonfinite_fault('joint_states', 'position/velocity', (q, dq)))
+        if rejected is not None:
+            fault: Optional[Fault] = Fault(FaultKind.MALFORMED, 'joint_states', rejected,
+                                           1.0, 0.0)
+        else:
+            fault = (self._shape_fault('joint_states', position=q, velocity=dq)
+                     or _nonfinite_fault('joint_states', 'position/velocity', (q, dq)))
         return self.streams['joint_states'].feed(stamp, now, fault)
 
     def on_chunk(self, stamp: float, times_from_start: np.ndarray, samples: np.ndarray,

@@ -68,6 +68,43 @@ def joint_arrays(msg: JointState, names: Sequence[str],
     return pos, vel
 
 
+# Finite is not enough: 1e12 rad passes isfinite and drives kinematics and position servos
+# to nonsense. A measured position beyond the joint's range by more than this, or a measured
+# speed above this multiple of its limit, cannot come from the arm (its end stops sit within a
+# few degrees of the limits; its motors cannot exceed their speed limit twofold).
+MEASURED_POSITION_MARGIN_RAD = 0.1
+MEASURED_VELOCITY_FACTOR = 2.0
+# A command's position target may sit as far outside the range as a measurement (the filter
+# anchors targets on its previous target, which can lead a sagging arm), but its velocity must
+# be within the limits (float slack only).
+COMMAND_POSITION_MARGIN_RAD = MEASURED_POSITION_MARGIN_RAD
+COMMAND_VELOCITY_FACTOR = 1.01
+
+
+def check_joint_ranges(position: np.ndarray, velocity: Optional[np.ndarray],
+                       lower: np.ndarray, upper: np.ndarray, velocity_limits: np.ndarray,
+                       position_margin_rad: float = MEASURED_POSITION_MARGIN_RAD,
+                       velocity_factor: float = MEASURED_VELOCITY_FACTOR) -> None:
+    """Raise :class:`InputError` if joint positions/velocities are physically implausible.
+
+    A position outside ``[lower - margin, upper + margin]`` or a speed above
+    ``velocity_factor * velocity_limits`` is refused (defaults: a measured joint state; pass
+    ``COMMAND_*`` for a command).
+    """
+    below = np.asarray(lower) - position_margin_rad - position
+    above = position - np.asarray(upper) - position_margin_rad
+    j = int(np.argmax(np.maximum(below, above)))
+    if below[j] > 0.0 or above[j] > 0.0:
+        raise InputError(f'joint {j + 1} position {position[j]:.6g} rad is outside its range '
+                         f'[{lower[j]:.4f}, {upper[j]:.4f}] rad (+/- {position_margin_rad} rad)')
+    if velocity is not None:
+        ratio = np.abs(velocity) / (velocity_factor * np.asarray(velocity_limits))
+        j = int(np.argmax(ratio))
+        if ratio[j] > 1.0:
+            raise InputError(f'joint {j + 1} velocity {velocity[j]:.6g} rad/s exceeds '
+                             f'{velocity_factor:g} x its limit {velocity_limits[j]:.4f} rad/s')
+
+
 def make_joint_state(names: Sequence[str], stamp: Time, position: np.ndarray,
                      velocity: Optional[np.ndarray] = None,
                      effort: Optional[np.ndarray] = None) -> JointState:
@@ -96,6 +133,26 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     buf = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
     img = buf[:, :3 * msg.width].reshape(msg.height, msg.width, 3)
     return np.ascontiguousarray(img[..., ::-1] if msg.encoding == 'bgr8' else img)
+
+
+def fit_image(img: np.ndarray, size: int) -> np.ndarray:
+    """Return an (H, W, 3) frame as the policy's ``size`` x ``size`` input.
+
+    A larger frame is centre-cropped to a square and shrunk by area averaging: the central
+    square of a camera with the policy camera's vertical field of view sees what the policy's
+    square images saw (a 640x480 stream of the sim's camera crops to its 96x96 render). A
+    smaller frame raises :class:`InputError`: enlarging it would invent detail.
+    """
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    if min(h, w) < size:
+        raise InputError(f'image is {w}x{h}, smaller than the policy input {size}x{size}')
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    import cv2  # only nodes that resize need OpenCV
+    return cv2.resize(np.ascontiguousarray(img[y0:y0 + side, x0:x0 + side]), (size, size),
+                      interpolation=cv2.INTER_AREA)
 
 
 def numpy_to_image(img: np.ndarray, stamp: Time, frame_id: str) -> Image:
@@ -129,6 +186,11 @@ def make_camera_info(width: int, height: int, k: np.ndarray, p: np.ndarray, stam
 
 
 # ---------------------------------------------------------------- action chunks
+# EE targets are in the world frame, whose origin is the robot base. A Panda/FR3 reaches 0.855 m:
+# a point further than this is no target of the arm but corrupt data (1e12 m passes isfinite).
+PLAUSIBLE_TARGET_RADIUS_M = 3.0
+
+
 @dataclass
 class ChunkArrays:
     """An EE pose trajectory: what ``MultiDOFJointTrajectory`` carries, as arrays."""
@@ -212,6 +274,10 @@ def _trajectory_arrays(msg: MultiDOFJointTrajectory,
     times_arr = np.asarray(times, dtype=float)
     if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(orientations))):
         raise InputError('trajectory contains NaN or Inf')
+    reach = float(np.max(np.linalg.norm(positions, axis=-1)))
+    if reach > PLAUSIBLE_TARGET_RADIUS_M:
+        raise InputError(f'trajectory point {reach:.3g} m from the robot base, beyond any '
+                         f'target of the arm ({PLAUSIBLE_TARGET_RADIUS_M} m)')
     if np.any(np.diff(times_arr) <= 0.0):
         raise InputError('trajectory time_from_start is not strictly increasing')
     return positions, orientations, times_arr

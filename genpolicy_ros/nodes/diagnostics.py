@@ -37,3 +37,47 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f'{v:.6g}'
     return str(v)
+
+
+class TransportHealth:
+    """Report subscriptions that cannot connect because their QoS is incompatible.
+
+    A reliable subscription never matches a best-effort publisher: no message ever arrives and
+    nothing fails, so the link would be silently dead. rclpy raises a "requested incompatible
+    QoS" event instead; pass :meth:`callbacks` as a subscription's ``event_callbacks`` and put
+    :meth:`report` into the node's diagnostics.
+    """
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.incompatible: Dict[str, int] = {}   # topic -> events so far
+        self.last_policy: Dict[str, str] = {}    # topic -> the policy that did not match
+
+    def callbacks(self, topic: str):
+        """Return the event callbacks to give a subscription to ``topic``."""
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks
+        except ImportError:  # Humble
+            from rclpy.qos_event import SubscriptionEventCallbacks
+
+        def on_incompatible(info, topic: str = topic) -> None:
+            self._on_incompatible(topic, info)
+        return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+
+    def _on_incompatible(self, topic: str, info) -> None:
+        self.incompatible[topic] = int(info.total_count)
+        policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
+        self.last_policy[topic] = policy
+        self.node.get_logger().error(
+            f'subscription to {topic} cannot receive: a publisher offered an incompatible QoS '
+            f'({policy}); no message of it will arrive', throttle_duration_sec=1.0)
+
+    def report(self, node_name: str) -> DiagnosticStatus:
+        """Return the ``<node>: transport`` status, ERROR once a link was found incompatible."""
+        if not self.incompatible:
+            return status(node_name, 'transport', OK, 'all subscriptions compatible')
+        bad = ', '.join(f'{t} ({self.last_policy[t]})' for t in sorted(self.incompatible))
+        values = {f'incompatible_qos.{t}': n for t, n in sorted(self.incompatible.items())}
+        return status(node_name, 'transport', ERROR,
+                      f'a publisher offered an incompatible QoS on {bad}: its messages never '
+                      'arrive', values)

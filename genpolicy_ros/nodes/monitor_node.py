@@ -8,6 +8,7 @@ publishes ``/genpolicy/arm_command`` (only gated commands reach the driver),
 cause persists.
 """
 
+from dataclasses import replace
 import threading
 from typing import Optional
 
@@ -42,9 +43,15 @@ class MonitorNode(Node):
         params = declare_from_yaml(self, 'monitor.yaml', NODE_NAME)
         node_params = params.pop('node')  # node-only settings beside the monitor's
         self.config = MonitorConfig.from_dict(params)
-        limits = FrankaModel().limits
+        if bool(node_params['require_reset_after_start']):
+            self.config = replace(self.config, gate=replace(self.config.gate,
+                                                            auto_release_startup_hold=False))
+        limits = self.limits = FrankaModel().limits
         self.monitor = RuntimeMonitor.from_files(self.config, limits.velocity, limits.acceleration)
-        if self.monitor.camera_checks.model is None:
+        if self.monitor.camera_checks.model is not None:
+            import torch  # loaded by the novelty model already
+            torch.set_num_threads(int(node_params['torch_threads']))
+        else:
             self.get_logger().warning(
                 f'no novelty model config/{self.config.novelty.model_file}: camera images are '
                 f'checked for freezing only, not for novelty (run genpolicy-calibrate)')
@@ -61,11 +68,14 @@ class MonitorNode(Node):
         self.pub_score = self.create_publisher(Float64, '/genpolicy/monitor/score', 10)
         self.pub_threshold = self.create_publisher(Float64, '/genpolicy/monitor/threshold', 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_subscription(JointState, '/genpolicy/safe_command', self._on_safe_command, 10)
-        self.create_subscription(String, '/genpolicy/filter/status', self._on_filter_status, 10)
-        self.create_subscription(MultiDOFJointTrajectory, '/genpolicy/chunk_samples',
-                                 self._on_samples, 10)
-        self.create_subscription(JointState, '/joint_states', self._on_joint_state, 10)
+        self.transport = diag.TransportHealth(self)
+        for msg_type, topic, callback in (
+                (JointState, '/genpolicy/safe_command', self._on_safe_command),
+                (String, '/genpolicy/filter/status', self._on_filter_status),
+                (MultiDOFJointTrajectory, '/genpolicy/chunk_samples', self._on_samples),
+                (JointState, '/joint_states', self._on_joint_state)):
+            self.create_subscription(msg_type, topic, callback, 10,
+                                     event_callbacks=self.transport.callbacks(topic))
         self.create_subscription(Image, '/camera/color/image_raw', self._on_camera,
                                  qos_profile_sensor_data)
         self.create_service(Trigger, '~/hold', self._on_hold)
@@ -110,19 +120,29 @@ class MonitorNode(Node):
 
     def _on_joint_state(self, msg: JointState) -> None:
         now = self._now()
+        rejected = None
         try:
             q, dq = cv.joint_arrays(msg, self.joint_names, need_velocity=True)
+            cv.check_joint_ranges(q, dq, self.limits.lower, self.limits.upper,
+                                  self.limits.velocity)
         except cv.InputError as exc:
+            # The watchdog must know a bad measurement came (a fault), not just miss it.
             self._warn(f'joint state refused: {exc}')
-            return
+            rejected = str(exc)
+            q = dq = np.zeros(len(self.joint_names))
         with self._lock:
-            if self.monitor.on_joint_state(q, dq, cv.stamp_to_s(msg.header.stamp), now):
+            if self.monitor.on_joint_state(q, dq, cv.stamp_to_s(msg.header.stamp), now,
+                                           rejected):
                 self._measured = (q, dq)
 
     def _on_camera(self, msg: Image) -> None:
         now = self._now()
         try:
             image: Optional[np.ndarray] = cv.image_to_numpy(msg)
+            model = self.monitor.camera_checks.model
+            if model is not None:
+                # Judge the frame the policy sees: the same crop and shrink as its node.
+                image = cv.fit_image(image, model.image_size_px)
         except cv.InputError as exc:
             # The stamp still counts for the stale watchdog; the content cannot be checked.
             self._warn(f'camera image not checked: {exc}')
@@ -186,7 +206,7 @@ class MonitorNode(Node):
             self._last_diag_s = now
             self.pub_diag.publish(diag.array(stamp, [diag.status(
                 NODE_NAME, 'gate', _LEVEL[mode], f'{mode.name}: {status.reason}',
-                dict(status.as_key_values()))]))
+                dict(status.as_key_values())), self.transport.report(NODE_NAME)]))
 
 
 def main(args=None) -> None:

@@ -72,7 +72,9 @@ class PolicyNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_subscription(Image, '/camera/color/image_raw', self._on_image,
                                  qos_profile_sensor_data)
-        self.create_subscription(JointState, '/joint_states', self._on_joint_state, 10)
+        self.transport = diag.TransportHealth(self)
+        self.create_subscription(JointState, '/joint_states', self._on_joint_state, 10,
+                                 event_callbacks=self.transport.callbacks('/joint_states'))
         self.create_subscription(PoseStamped, '/genpolicy/sim/cube_pose', self._on_cube, 10)
         self.create_subscription(PointStamped, '/genpolicy/sim/goal', self._on_goal, 10)
         self.create_timer(1.0 / float(node_params['diagnostics_rate_hz']), self._publish_diag)
@@ -89,9 +91,8 @@ class PolicyNode(Node):
         try:
             img = cv.image_to_numpy(msg)
             size = self.planner.image_size_px
-            if size is not None and img.shape[:2] != (size, size):
-                raise cv.InputError(f'image is {img.shape[1]}x{img.shape[0]}, the policy '
-                                    f'needs {size}x{size}')
+            if size is not None:
+                img = cv.fit_image(img, size)   # a camera's 640x480: crop + shrink
         except cv.InputError as exc:
             self.stats['rejected_images'] += 1
             self._problem(f'camera image refused: {exc}')
@@ -101,7 +102,9 @@ class PolicyNode(Node):
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            q, _ = cv.joint_arrays(msg, self.joint_names)
+            q, dq = cv.joint_arrays(msg, self.joint_names)
+            lim = self.model.limits
+            cv.check_joint_ranges(q, dq, lim.lower, lim.upper, lim.velocity)
         except cv.InputError as exc:
             self._problem(f'joint state refused: {exc}')
             return
@@ -179,7 +182,8 @@ class PolicyNode(Node):
                       inference_p50_ms=float(np.median(recent)) if recent else 0.0)
         level = diag.WARN if stats['skipped'] or stats['rejected_images'] else diag.OK
         self.pub_diag.publish(diag.array(self.get_clock().now().to_msg(), [diag.status(
-            NODE_NAME, 'policy', level, self.last_problem or 'planning', values)]))
+            NODE_NAME, 'policy', level, self.last_problem or 'planning', values),
+            self.transport.report(NODE_NAME)]))
 
     def reset_episode(self) -> None:
         """Forget the frame history, chunk queue and previous target (a new episode)."""

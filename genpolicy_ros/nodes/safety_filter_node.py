@@ -50,7 +50,7 @@ class SafetyFilterNode(Node):
         self.tracker = ReferenceTracker(self.config.tracking)
         self.joint_names = list(self.model.joint_names)
         self._lock = threading.Lock()
-        self._state: Optional[tuple] = None   # (q, dq, receipt monotonic time)
+        self._state: Optional[tuple] = None   # (q, dq, receipt monotonic time, stamp [s])
         self.last_result: Optional[FilterResult] = None
         self.counts = {s.name: 0 for s in FilterStatus}
         self.active_counts: dict = {}
@@ -63,18 +63,22 @@ class SafetyFilterNode(Node):
         self.pub_safe = self.create_publisher(TwistStamped, '/genpolicy/filter/safe_twist', 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.pub_markers = self.create_publisher(MarkerArray, '/genpolicy/safety/markers', 10)
-        self.create_subscription(MultiDOFJointTrajectory, '/genpolicy/action_chunk',
-                                 self._on_chunk, 10)
-        self.create_subscription(JointState, '/joint_states', self._on_joint_state, 10)
+        self.transport = diag.TransportHealth(self)
+        for msg_type, topic, callback in (
+                (MultiDOFJointTrajectory, '/genpolicy/action_chunk', self._on_chunk),
+                (JointState, '/joint_states', self._on_joint_state)):
+            self.create_subscription(msg_type, topic, callback, 10,
+                                     event_callbacks=self.transport.callbacks(topic))
         self.create_timer(self.config.dt, self._step)
 
     # ------------------------------------------------------------------ inputs
     def _on_chunk(self, msg: MultiDOFJointTrajectory) -> None:
+        now_s = self.get_clock().now().nanoseconds * 1e-9
         try:
             chunk = cv.msg_to_chunk(msg, FRAME, self.config.tracking.quaternion_norm_tolerance)
             with self._lock:
                 self.tracker.set_chunk_arrays(chunk.stamp_s, chunk.times_from_start_s,
-                                              chunk.positions, chunk.orientations)
+                                              chunk.positions, chunk.orientations, now_s)
         except (cv.InputError, ChunkError) as exc:
             with self._lock:
                 self.rejected_chunks += 1
@@ -85,12 +89,14 @@ class SafetyFilterNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             q, dq = cv.joint_arrays(msg, self.joint_names, need_velocity=True)
+            lim = self.model.limits
+            cv.check_joint_ranges(q, dq, lim.lower, lim.upper, lim.velocity)
         except cv.InputError as exc:
             self.get_logger().warning(f'joint state refused: {exc}',
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return
         with self._lock:
-            self._state = (q, dq, time.monotonic())
+            self._state = (q, dq, time.monotonic(), cv.stamp_to_s(msg.header.stamp))
 
     # ------------------------------------------------------------------ control step
     def _step(self) -> None:
@@ -98,10 +104,15 @@ class SafetyFilterNode(Node):
             state = self._state
         if state is None:
             return  # nothing to command before the first joint state
-        q, dq, received = state
+        q, dq, received, measured = state
         now_msg = self.get_clock().now()
         now_s = now_msg.nanoseconds * 1e-9
-        robot = RobotState(q=q, dq=dq, stamp=now_s)
+        # The measurement is already old when the step runs (transport, scheduling): near a
+        # barrier tens of ms of it let the arm overshoot by millimetres. Carry it forward to now
+        # at its own velocity (bounded by the staleness timeout; a stamp ahead of the clock
+        # is not extrapolated backwards).
+        age = min(max(now_s - measured, 0.0), self.joint_state_timeout_s)
+        robot = RobotState(q=q + age * dq, dq=dq, stamp=now_s)
         if time.monotonic() - received > self.joint_state_timeout_s:
             # Blind: no fresh measurement, so no tracking; the stopping law decelerates.
             result = self.filter.step(robot, None)
@@ -146,6 +157,7 @@ class SafetyFilterNode(Node):
             'solve_time_us': result.solve_time_s * 1e6, 'slack': result.slack,
             'rejected_chunks': rejected, 'last_rejection': last_reject,
             **{f'count_{k}': v for k, v in self.counts.items()}})]
+        statuses.append(self.transport.report(NODE_NAME))
         for b in result.barriers:
             statuses.append(diag.status(
                 NODE_NAME, f'barrier {b.name}', diag.WARN if b.active else diag.OK,

@@ -31,6 +31,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 
+from genpolicy_ros.drivers.command_interpolation import CommandInterpolator
 from genpolicy_ros.drivers.pybullet_backend import PyBulletBackend
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
@@ -58,8 +59,15 @@ class SimNode(LifecycleNode):
         self.autostart = bool(node_params['autostart'])
         self.episode_seed = int(node_params['episode_seed'])
         # Deceleration bound of the stale-command hold: the arm's own acceleration limits.
-        self.max_decel_radps2 = FrankaModel().limits.acceleration
+        self.limits = FrankaModel().limits
+        self.max_decel_radps2 = self.limits.acceleration
         self.max_step_s = float(node_params['max_catch_up_s'])
+        # Commands are handed to PyBullet's stiff servo interpolated at every physics step: a
+        # step target would make the arm dash faster than commanded (command_interpolation.py).
+        self._servo = CommandInterpolator(1.0 / self.config.control_hz,
+                                          float(node_params['servo_correction_gain_per_s']),
+                                          float(node_params['servo_max_correction_radps']),
+                                          self.limits.acceleration, self.limits.jerk)
         self.backend: Optional[PyBulletBackend] = None
         self._lock = threading.Lock()
         self._cmd: Optional[tuple] = None           # (q, dq) last valid command
@@ -163,6 +171,10 @@ class SimNode(LifecycleNode):
     def _on_command(self, msg: JointState) -> None:
         try:
             q, dq = cv.joint_arrays(msg, self.joint_names)
+            # Finite but absurd targets (1e12 rad, 10x the speed limit) never reach the servo.
+            cv.check_joint_ranges(q, dq, self.limits.lower, self.limits.upper,
+                                  self.limits.velocity, cv.COMMAND_POSITION_MARGIN_RAD,
+                                  cv.COMMAND_VELOCITY_FACTOR)
         except cv.InputError as exc:
             with self._lock:
                 self.stats['rejected'] += 1
@@ -190,7 +202,9 @@ class SimNode(LifecycleNode):
                 self.get_logger().warning(
                     f'no arm command for {self.config.command_timeout_s * 1e3:.0f} ms: '
                     'decelerating to hold', throttle_duration_sec=LOG_THROTTLE_S)
-                self._hold_cmd = self._cmd
+                # Stop from where the servo reference is, not from the last command's position:
+                # the two differ by whatever the commander's timing left uncorrected.
+                self._hold_cmd = self._servo.state or self._cmd
             q, dq = self._hold_cmd
             self._hold_cmd = decelerate(q, dq, self.max_decel_radps2, dt)
             return self._hold_cmd
@@ -202,9 +216,11 @@ class SimNode(LifecycleNode):
         dt = min(max(now - self._last_tick, 0.0), self.max_step_s)
         self._last_tick = now
         cmd = self._current_command(now, max(dt, 1e-3))
-        if cmd is not None:
-            self.backend.command(*cmd)
-        self.backend.advance(dt)
+        if cmd is None:
+            self._servo.reset()
+            self.backend.advance(dt)
+        else:
+            self._advance_interpolated(cmd, now, dt)
         self.stats['ticks'] += 1
         state = self.backend.read_state()
         stamp = self.get_clock().now().to_msg()
@@ -214,6 +230,19 @@ class SimNode(LifecycleNode):
             np.concatenate([state.q, [width, width]]),
             np.concatenate([state.dq, [0.0, 0.0]]),
             np.concatenate([state.tau, [0.0, 0.0]])))
+
+    def _advance_interpolated(self, cmd: tuple, now: float, dt: float) -> None:
+        """Step physics by ``dt``, giving the servo the interpolated command at every step."""
+        with self._lock:
+            # A stale hold's decelerating command is made for this tick: its position is due now.
+            age = (self._servo.period_s if self._hold_cmd is not None
+                   else now - dt - self._cmd_wall)
+        if self._servo.reference is None:
+            self._servo.reset(self.backend.read_state().q)
+        step = 1.0 / self.config.physics_hz
+        for k in range(int(round(dt / step))):
+            self.backend.command(*self._servo.step(cmd[0], cmd[1], age + k * step, step))
+            self.backend.advance(step)
 
     def _capture_frame(self) -> None:
         # Sim group: capture what the frame shows and the ground truth at this instant (cheap),
@@ -302,6 +331,7 @@ class SimNode(LifecycleNode):
         with self._lock:
             self._cmd = None
             self._hold_cmd = None
+        self._servo.reset()
         self._update_task_status()
         response.success = True
         response.message = f'episode seed {self.episode_seed}'

@@ -59,6 +59,7 @@ class TrackingConfig:
     max_linear_speed_mps: float
     max_angular_speed_radps: float
     quaternion_norm_tolerance: float
+    max_future_stamp_s: float
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> 'TrackingConfig':
@@ -71,7 +72,9 @@ class TrackingConfig:
                    max_angular_speed_radps=_positive(params['max_angular_speed_radps'],
                                                      'max_angular_speed_radps'),
                    quaternion_norm_tolerance=_positive(params['quaternion_norm_tolerance'],
-                                                       'quaternion_norm_tolerance'))
+                                                       'quaternion_norm_tolerance'),
+                   max_future_stamp_s=_positive(params['max_future_stamp_s'],
+                                                'max_future_stamp_s'))
 
 
 @dataclass(frozen=True)

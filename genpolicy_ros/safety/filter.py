@@ -22,6 +22,7 @@ _ACTIVE_TOL = 1e-6      # a row within this of its bound counts as active [rad/s
 _CHANGED_TOL = 1e-7     # command farther than this from the resolved-rate optimum: intervened
 _SLACK_TOL = 1e-7       # total slack above this: a soft limit gave way
 _VERIFY_TOL = 1e-9      # allowed shortfall of the true barrier at the predicted state [m]
+_ANCHOR_BISECTIONS = 5  # halvings of the anchor's lead at a barrier (1/32 of it, < 2 mrad)
 
 
 class FilterStatus(Enum):
@@ -166,6 +167,37 @@ class SafetyFilter:
             return q.copy()
         tol = self.config.position_anchor_tolerance_rad
         return q + np.clip(self._q_cmd_prev - q, -tol, tol)
+
+    def _safe_anchor(self, q: np.ndarray, kin, step: np.ndarray) -> np.ndarray:
+        """Return the anchor, pulled back toward ``q`` until ``anchor + step`` keeps the barriers.
+
+        The QP keeps the barriers one step ahead of the *measurement*; a target anchored on a
+        previous target can lead a lagging arm past the table, an obstacle or a joint limit, and
+        a driver that tracks positions goes there. So the target must not be beyond any hard
+        barrier (nor deeper than the arm already is); the anchor's lead is cut back (bisection)
+        until it is not. At a barrier this gives up sag compensation, where lagging behind is
+        the safe error, and the target moves continuously (no command jump).
+        """
+        anchor = self._anchor(q)
+        offset = anchor - q
+        if not np.any(offset):
+            return anchor
+        bset = self.barriers
+        h_floor = np.minimum(bset.nonlinear_values(kin, with_gradient=False)[0], 0.0)
+        j_floor = np.minimum(bset.joint_values(q), 0.0)
+
+        def keeps(s: float) -> bool:
+            target = q + s * offset + step
+            h, _ = bset.nonlinear_values(self.model.kinematics(target), with_gradient=False)
+            return bool(np.all(h >= h_floor - _VERIFY_TOL)
+                        and np.all(bset.joint_values(target) >= j_floor - _VERIFY_TOL))
+        if keeps(1.0):
+            return anchor
+        lo, hi = 0.0, 1.0   # the plain target (s = 0) is the one the QP verified
+        for _ in range(_ANCHOR_BISECTIONS):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if keeps(mid) else (lo, mid)
+        return q + lo * offset
 
     def set_obstacles(self, centers, radii, capsule_starts=None, capsule_ends=None,
                       capsule_radii=None) -> None:
@@ -337,7 +369,7 @@ class SafetyFilter:
         reports, active = self._reports(q, kin, rows, problem, sol.x, dq_prev)
         dq_cmd = dq_cmd.copy()
         self._dq_prev = dq_cmd
-        q_cmd = self._anchor(q) + self.dt * dq_cmd
+        q_cmd = self._safe_anchor(q, kin, self.dt * dq_cmd) + self.dt * dq_cmd
         self._q_cmd_prev = q_cmd
         return FilterResult(q_cmd=q_cmd, dq_cmd=dq_cmd, status=status,
                             barriers=reports, slack=slack, solve_time_s=solve_time,
@@ -408,6 +440,8 @@ class SafetyFilter:
             try:
                 if kin is None:
                     kin = self.model.kinematics(q)
+                base = self._safe_anchor(q, kin, q_cmd - base)
+                q_cmd, dq_cmd = decelerate(base, dq_from, self.a_max, self.dt)
                 speed = float(np.linalg.norm(np.asarray(kin.ee_jac)[:3] @ dq_cmd))
                 limit = self.config.speed_cap.max_speed_mps - self.config.speed_cap.margin_mps
                 if speed > limit:

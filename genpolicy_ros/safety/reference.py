@@ -4,7 +4,9 @@ A chunk is a short timed path of TCP poses, stamped with the observation time it
 from. At time ``t`` the tracker interpolates the chunk (linear in position, slerp in orientation),
 takes the path's own velocity as feed-forward, adds pose-error feedback, and clamps the result.
 A chunk older than ``chunk_timeout_s`` yields no reference at all: the filter then brings the arm
-to rest instead of chasing a stale plan.
+to rest instead of chasing a stale plan. So does one stamped further in the future than
+``max_future_stamp_s`` (a clock fault: it would otherwise never grow stale), and a chunk older
+than the current fresh one (a reordered or replayed message) never replaces it.
 """
 
 from dataclasses import dataclass
@@ -120,21 +122,48 @@ class ReferenceTracker:
         """Replace the current chunk (``ActionChunk.validated`` does the checking)."""
         self.chunk = chunk
 
-    def set_chunk_arrays(self, stamp: float, times_from_start, positions,
-                         orientations) -> ActionChunk:
-        """Validate raw arrays into a chunk and make it current; raise :class:`ChunkError`."""
+    def set_chunk_arrays(self, stamp: float, times_from_start, positions, orientations,
+                         now: Optional[float] = None) -> ActionChunk:
+        """Validate raw arrays into a chunk and make it current; raise :class:`ChunkError`.
+
+        With the receiving clock ``now`` [s] the stamp is checked as well: a chunk that is
+        already stale, stamped in the future, or older than the current fresh chunk is refused
+        instead of being silently dropped or, worse, replacing a newer plan.
+        """
         chunk = ActionChunk.validated(stamp, times_from_start, positions, orientations,
                                       self.config.quaternion_norm_tolerance)
+        if now is not None:
+            self._check_stamp(chunk.stamp, float(now))
         self.chunk = chunk
         return chunk
+
+    def _check_stamp(self, stamp: float, now: float) -> None:
+        cfg = self.config
+        if stamp - now > cfg.max_future_stamp_s:
+            raise ChunkError(f'chunk stamped {stamp - now:.3f} s in the future (clock fault?)')
+        if now - stamp > cfg.chunk_timeout_s:
+            raise ChunkError(f'chunk is {now - stamp:.3f} s old on arrival (timeout '
+                             f'{cfg.chunk_timeout_s} s)')
+        current = self.chunk
+        if current is not None and stamp < current.stamp and not self.is_stale(now):
+            raise ChunkError(f'chunk is {current.stamp - stamp:.3f} s older than the current '
+                             'one (reordered or replayed)')
 
     def clear(self) -> None:
         """Drop the current chunk (no reference until the next one)."""
         self.chunk = None
 
     def is_stale(self, now: float) -> bool:
-        """Whether there is no chunk or it is older than ``chunk_timeout_s`` at ``now``."""
-        return self.chunk is None or now - self.chunk.stamp > self.config.chunk_timeout_s
+        """Whether there is no chunk, or it is older than ``chunk_timeout_s`` at ``now``.
+
+        A chunk whose stamp lies more than ``max_future_stamp_s`` ahead of ``now`` counts as
+        stale too: after the clock jumped back it would otherwise stay "fresh" for as long as
+        the jump.
+        """
+        if self.chunk is None:
+            return True
+        age = now - self.chunk.stamp
+        return age > self.config.chunk_timeout_s or -age > self.config.max_future_stamp_s
 
     def target(self, now: float) -> Optional[tuple]:
         """Return ``(position, quaternion, linear_ff, angular_ff)`` of the chunk at ``now``.

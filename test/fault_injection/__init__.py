@@ -1,0 +1,1 @@
+"""Fault-injection suite (a package so its conftest never shadows ``test/conftest.py``)."""
