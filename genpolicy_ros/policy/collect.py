@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from genpolicy_ros.policy.chunk_plan import Plan, _Planner
 from genpolicy_ros.sim.expert import ScriptedPushExpert
+from genpolicy_ros.sim.record_demos import prepare_episode_dir
 from genpolicy_ros.sim.task import EVAL_SEED_START
 
 DRIVERS = ('expert', 'policy')
@@ -151,16 +152,7 @@ def collect(driver: str, episodes: int, out_dir: Path, first_seed: int,
                          f'(held-out evaluation seeds start there)')
     limit = min(limit, EVAL_SEED_START)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out_dir.glob('episode_*.npz'))
-    if existing and not overwrite:
-        raise FileExistsError(f'{out_dir} already holds {len(existing)} episodes '
-                              f'(use --overwrite)')
-    for path in existing:
-        path.unlink()
-    tmp_dir = out_dir / '.tmp'
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    tmp_dir = prepare_episode_dir(out_dir, overwrite)
     kept: List[int] = []
     successes: List[bool] = []
     dropped: List[int] = []

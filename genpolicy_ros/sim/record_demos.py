@@ -140,6 +140,24 @@ def camera_meta(world: PandaWorld) -> Dict[str, Any]:
     }
 
 
+def prepare_episode_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Create ``out_dir`` for a new episode set and return its empty ``.tmp`` work folder.
+
+    Existing episodes raise ``FileExistsError`` unless ``overwrite``, which deletes them.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out_dir.glob('episode_*.npz'))
+    if existing and not overwrite:
+        raise FileExistsError(f'{out_dir} already holds {len(existing)} episodes '
+                              f'(use --overwrite)')
+    for path in existing:
+        path.unlink()
+    tmp_dir = out_dir / '.tmp'
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
+    return tmp_dir
+
+
 def record(episodes: int, out_dir: Path, first_seed: int = 0, workers: int = 2,
            noise_std_m: Optional[float] = None, config: Optional[SimConfig] = None,
            max_attempts: Optional[int] = None, overwrite: bool = False,
@@ -158,16 +176,7 @@ def record(episodes: int, out_dir: Path, first_seed: int = 0, workers: int = 2,
                          f'(held-out evaluation seeds start there)')
     limit = min(limit, EVAL_SEED_START)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out_dir.glob('episode_*.npz'))
-    if existing and not overwrite:
-        raise FileExistsError(f'{out_dir} already holds {len(existing)} episodes '
-                              f'(use --overwrite)')
-    for path in existing:
-        path.unlink()
-    tmp_dir = out_dir / '.tmp'
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    tmp_dir = prepare_episode_dir(out_dir, overwrite)
     start = time.time()
     kept: List[int] = []
     failed: List[int] = []
