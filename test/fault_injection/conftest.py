@@ -22,12 +22,14 @@ import pytest
 # prepended: ``import conftest`` elsewhere must keep finding test/conftest.py.
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from fi_graph import ArmReport, FaultGraph  # noqa: E402
+from fi_graph import ArmReport, claim_domain, FaultGraph  # noqa: E402
 
 RESULTS_ENV = 'FI_RESULTS'
 # Domains 200-229: the rest of the suite uses 100-199 (test/conftest.py), and the graph's nodes
-# share names and topics with the node tests, so the two must never hear each other.
-DOMAIN_ID = 200 + os.getpid() % 30
+# share names and topics with the node tests, so the two must never hear each other. Two runs
+# of the suite on one machine (CI and a developer) must not either: a domain is claimed with a
+# lock file held for the session.
+DOMAINS = range(200, 230)
 
 
 def _append(record: Dict[str, Any]) -> None:
@@ -73,12 +75,14 @@ def scenario(request) -> Iterator[Scenario]:
 def fault_graph(tmp_path_factory) -> Iterator[FaultGraph]:
     """Start the attacked graph once per session (node processes on a private domain)."""
     log_dir = Path(tmp_path_factory.mktemp('fault_graph'))
-    graph = FaultGraph(log_dir, DOMAIN_ID)
+    domain, lock = claim_domain(DOMAINS)
+    graph = FaultGraph(log_dir, domain)
     try:
         graph.start()
         yield graph
     finally:
         graph.close()
+        lock.close()
 
 
 @pytest.fixture

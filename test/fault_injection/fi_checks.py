@@ -96,7 +96,7 @@ class AutoRelease:
                 self.resets += int(ok)
 
 
-def stage(graph: FaultGraph, point: np.ndarray, timeout_s: float = 20.0) -> bool:
+def stage(graph: FaultGraph, point: np.ndarray, timeout_s: float = 30.0) -> bool:
     """Move the EE straight up to ``TRAVEL_Z_M``, then to ``point``; return whether it got there.
 
     The sim's cube is a real body the filter does not know (an unmodelled obstacle is outside

@@ -31,8 +31,10 @@ def filter_under_test(fault_graph):
     """
     shipped = fault_graph.shipped_args['monitor_node']
     fault_graph.restart_with('monitor_node', shipped + ['-p', 'novelty.model_file:=none.npz'])
+    fault_graph.recover(120.0)
     yield
     fault_graph.restart_with('monitor_node', shipped)
+    fault_graph.recover(120.0)
 
 
 def _full(*args):
