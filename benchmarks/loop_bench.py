@@ -26,7 +26,6 @@ them: the numbers are what was measured.
 
 import argparse
 import bisect
-import os
 from pathlib import Path
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 
-from fi_graph import NodeProcess, ros_param_args  # noqa: E402
+from fi_graph import claim_domain, NodeProcess, ros_param_args  # noqa: E402
 from genpolicy_ros.nodes import conversions as cv  # noqa: E402
 
 LOADS = {
@@ -201,12 +200,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--duration', type=float, default=60.0, help='measured seconds')
     p.add_argument('--warmup', type=float, default=5.0, help='seconds after the reset')
-    p.add_argument('--domain', type=int, default=230 + os.getpid() % 3,
-                   help='private ROS_DOMAIN_ID of the run')
+    p.add_argument('--domain', type=int, default=None,
+                   help='ROS_DOMAIN_ID of the run (default: a free one of 230-232)')
     p.add_argument('--load', choices=sorted(LOADS), default='issue',
                    help='sim rates and camera size (parameter overrides for this run only)')
     args = p.parse_args(argv)
     sim_load = LOADS[args.load]
+    lock = None
+    if args.domain is None:
+        args.domain, lock = claim_domain(range(230, 233))
     log_dir = Path(tempfile.mkdtemp(prefix='loop_bench_'))
     procs = [NodeProcess('sim_node', 'sim_node', ros_param_args(sim_load), log_dir),
              NodeProcess('policy_node', 'policy_node', [], log_dir),
@@ -249,6 +251,8 @@ def main(argv=None) -> int:
         spinner.join(timeout=2.0)
         listener.node.destroy_node()
         rclpy.try_shutdown(context=context)
+        if lock is not None:
+            lock.close()
     print(f'{"quantity [ms]":<32} {"p50":>8} {"p99":>8} {"max":>8} {"n":>7}')
     print(_stats('camera stamp -> arm command', latency_ms))
     print(_stats('  (also while holding)', any_mode_ms))
