@@ -589,10 +589,16 @@ class Observer(Node):
         with self._lock:
             return self.arm.q[-1].copy() if self.arm.q else None
 
-    def mode(self) -> str:
-        """Return the newest monitor mode, '' before the first."""
+    def mode(self, max_age_s: float = 1.0) -> str:
+        """Return the newest monitor mode; '' if none came in the last ``max_age_s``.
+
+        The monitor publishes its mode at 100 Hz: an old one means it died or hangs, and must
+        not be taken for its current mode.
+        """
         with self._lock:
-            return self.modes[-1][1] if self.modes else ''
+            if not self.modes or ros_now(self) - self.modes[-1][0] > max_age_s:
+                return ''
+            return self.modes[-1][1]
 
     def modes_since(self, t0: float) -> List[str]:
         """Return the modes published since ``t0`` (ROS time), in order."""
