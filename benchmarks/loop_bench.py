@@ -47,8 +47,9 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 
-from fi_graph import claim_domain, NodeProcess, ros_param_args  # noqa: E402
+from fi_graph import claim_domain  # noqa: E402
 from genpolicy_ros.nodes import conversions as cv  # noqa: E402
+from genpolicy_ros.nodes.process import NodeProcess, ros_param_args  # noqa: E402
 
 LOADS = {
     # The load: joint states at 1 kHz, the camera at 30 Hz and 640x480.

@@ -6,7 +6,7 @@
 Graph: sim_node (/joint_states, camera) -> policy_node (/genpolicy/action_chunk, samples)
 -> safety_filter_node (/genpolicy/safe_command) -> monitor_node (/genpolicy/arm_command)
 -> sim_node. Every parameter comes from config/*.yaml; the arguments above override a few.
-The same node classes and YAML files run in one process under ``genpolicy-sim``. Another
+``genpolicy-sim`` starts the same executables with the same YAML files, one process each. Another
 checkpoint: add ``checkpoint:=...`` as a ROS parameter override of policy_node.
 """
 

@@ -2,14 +2,17 @@
 
 Subscribes ``/genpolicy/safe_command`` (+ ``/genpolicy/filter/status``),
 ``/genpolicy/chunk_samples``, ``/joint_states`` and the camera; at ``node.control_rate_hz``
-publishes ``/genpolicy/arm_command`` (only gated commands reach the driver),
-``/genpolicy/monitor/{mode,score,threshold}`` and ``/diagnostics``. Services ``~/hold`` and
+publishes ``/genpolicy/arm_command`` (only gated commands reach the driver); publishes
+``/genpolicy/monitor/{mode,score,threshold}`` when they change and at ``node.status_rate_hz``,
+and ``/diagnostics`` at ``node.diagnostics_rate_hz`` and at once on every mode change, with its
+reason. Services ``~/hold`` and
 ``~/reset`` (std_srvs/Trigger): HOLD is latched and reset is refused, with the reason, while its
 cause persists.
 """
 
 from dataclasses import replace
 import threading
+import time
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -31,6 +34,9 @@ from genpolicy_ros.robot import FrankaModel
 
 NODE_NAME = 'monitor_node'
 LOG_THROTTLE_S = 1.0
+# A gate step that comes this many control periods after the previous one found the process
+# descheduled (a loaded machine): it is deferred once, see MonitorNode._step.
+LATE_STEP_PERIODS = 5.0
 FRAME = 'world'
 _LEVEL = {Mode.NOMINAL: diag.OK, Mode.SLOW: diag.WARN, Mode.HOLD: diag.ERROR}
 
@@ -57,6 +63,13 @@ class MonitorNode(Node):
                 f'checked for freezing only, not for novelty (run genpolicy-calibrate)')
         self.joint_names = [f'panda_joint{i}' for i in range(1, 8)]
         self.diagnostics_period_s = 1.0 / float(node_params['diagnostics_rate_hz'])
+        self.control_period_s = 1.0 / float(node_params['control_rate_hz'])
+        self.status_period_s = 1.0 / float(node_params['status_rate_hz'])
+        self._last_status_s = -np.inf
+        self._published: tuple = (None, None)   # score and threshold last published
+        self._last_step_wall: Optional[float] = None
+        self._deferred = False
+        self.deferred_steps = 0
         self._lock = threading.Lock()
         self._measured: Optional[tuple] = None
         self._filter_fallback = False
@@ -80,7 +93,7 @@ class MonitorNode(Node):
                                  qos_profile_sensor_data)
         self.create_service(Trigger, '~/hold', self._on_hold)
         self.create_service(Trigger, '~/reset', self._on_reset)
-        self.create_timer(1.0 / float(node_params['control_rate_hz']), self._step)
+        self.create_timer(self.control_period_s, self._step)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -176,7 +189,28 @@ class MonitorNode(Node):
         return message
 
     # ------------------------------------------------------------------ gate
+    def _late(self) -> bool:
+        """Return True if this step should wait for the messages that queued up meanwhile.
+
+        rclpy's executor runs a ready timer before it takes ready subscriptions. When this
+        process was not scheduled for a while (a loaded machine), the gate step would judge
+        the inputs' ages before reading the fresh messages waiting in its queues, and latch
+        HOLD for a stale input that is not stale. Such a late step is deferred once (the
+        executor takes the queued messages, the timer fires again one period later); the
+        next one always runs, so a real silence is detected at most one period later.
+        """
+        wall = time.monotonic()
+        late = (self._last_step_wall is not None and not self._deferred
+                and wall - self._last_step_wall > LATE_STEP_PERIODS * self.control_period_s)
+        self._last_step_wall = wall
+        self._deferred = late
+        if late:
+            self.deferred_steps += 1
+        return late
+
     def _step(self) -> None:
+        if self._late():
+            return
         now = self._now()
         with self._lock:
             measured = self._measured
@@ -191,24 +225,48 @@ class MonitorNode(Node):
         if cmd is not None:
             self.pub_cmd.publish(cv.make_joint_state(self.joint_names, stamp, *cmd))
             self.commands_sent += 1
-        if mode != self._last_mode:
+        changed = mode != self._last_mode
+        if changed:
             if mode == Mode.NOMINAL:
                 self.get_logger().info(f'mode {mode.name}: {status.reason}')
             else:
                 self.get_logger().warning(f'mode {mode.name}: {status.reason}')
             self._last_mode = mode
-        self.pub_mode.publish(String(data=mode.name))
-        if status.score is not None:
+        # Mode, score and threshold change at most once per decision: published when they
+        # change and at status_rate_hz (late subscribers, liveness), not at the gate's 100 Hz
+        # (each message costs every subscriber's process CPU time; a recorder sees them all).
+        heartbeat = now - self._last_status_s >= self.status_period_s
+        if heartbeat:
+            self._last_status_s = now
+        if changed or heartbeat:
+            self.pub_mode.publish(String(data=mode.name))
+        last_score, last_threshold = self._published
+        if status.score is not None and (heartbeat or status.score != last_score):
             self.pub_score.publish(Float64(data=float(status.score)))
-        if status.threshold is not None:
+            last_score = status.score
+        if status.threshold is not None and (heartbeat or status.threshold != last_threshold):
             self.pub_threshold.publish(Float64(data=float(status.threshold)))
-        if now - self._last_diag_s >= self.diagnostics_period_s:
+            last_threshold = status.threshold
+        self._published = (last_score, last_threshold)
+        # Every mode change is reported at once with its reason (operators and genpolicy-sim
+        # see each transition, however short), and at the diagnostics rate in between.
+        if changed or now - self._last_diag_s >= self.diagnostics_period_s:
             self._last_diag_s = now
+            values = dict(status.as_key_values(), deferred_steps=self.deferred_steps)
+            last = status.last_transition
+            if last is not None:
+                values.update(last_transition=f'{last.from_mode.name}->{last.to_mode.name}',
+                              last_transition_time=f'{last.time:.6f}',
+                              last_transition_reason=last.reason)
             self.pub_diag.publish(diag.array(stamp, [diag.status(
-                NODE_NAME, 'gate', _LEVEL[mode], f'{mode.name}: {status.reason}',
-                dict(status.as_key_values())), self.transport.report(NODE_NAME)]))
+                NODE_NAME, 'gate', _LEVEL[mode], f'{mode.name}: {status.reason}', values),
+                self.transport.report(NODE_NAME)]))
 
 
 def main(args=None) -> None:
     """Run the node (``ros2 run genpolicy_ros monitor_node``)."""
     run_node(MonitorNode, args)
+
+
+if __name__ == '__main__':
+    main()

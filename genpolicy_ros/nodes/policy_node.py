@@ -5,8 +5,10 @@ robot model's forward kinematics); at ``decision_rate_hz`` it runs the policy on
 (never on the executor, so callbacks keep flowing during inference) and publishes
 ``/genpolicy/action_chunk`` — the upcoming EE targets of the executed plan, stamped with the
 observation time — and, when a new chunk was sampled, ``/genpolicy/chunk_samples`` (N sampled
-chunks for the monitor). A stale or malformed image is refused with a throttled log line and a
-diagnostics entry and no chunk is published, so the filter's chunk timeout brings the arm to hold.
+chunks for the monitor). ``~/reset_episode``
+(std_srvs/Trigger) starts a new episode: frame history and chunk queue forgotten. A stale or
+malformed image is refused with a throttled log line and a diagnostics entry and no chunk is
+published, so the filter's chunk timeout brings the arm to hold.
 
 ``policy_type: expert`` runs the scripted push expert on the simulator's ground truth
 (``/genpolicy/sim/cube_pose``, ``/genpolicy/sim/goal``): the reference the learned policy imitates.
@@ -22,6 +24,7 @@ import numpy as np
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from genpolicy_ros.nodes import conversions as cv
@@ -78,6 +81,7 @@ class PolicyNode(Node):
         self.create_subscription(PoseStamped, '/genpolicy/sim/cube_pose', self._on_cube, 10)
         self.create_subscription(PointStamped, '/genpolicy/sim/goal', self._on_goal, 10)
         self.create_timer(1.0 / float(node_params['diagnostics_rate_hz']), self._publish_diag)
+        self.create_service(Trigger, '~/reset_episode', self._on_reset_episode)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name='policy_inference', daemon=True)
         self._worker.start()
@@ -192,6 +196,13 @@ class PolicyNode(Node):
         with self._plan_lock:
             self.planner.reset()
 
+    def _on_reset_episode(self, request, response):
+        """``~/reset_episode`` (std_srvs/Trigger): :meth:`reset_episode` for another process."""
+        self.reset_episode()
+        response.success = True
+        response.message = f'{self.policy_type} policy reset'
+        return response
+
     def destroy_node(self) -> None:
         """Stop the inference thread before the node goes away."""
         self._stop.set()
@@ -202,3 +213,7 @@ class PolicyNode(Node):
 def main(args=None) -> None:
     """Run the node (``ros2 run genpolicy_ros policy_node``)."""
     run_node(PolicyNode, args)
+
+
+if __name__ == '__main__':
+    main()

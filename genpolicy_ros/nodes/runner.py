@@ -7,6 +7,8 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from genpolicy_ros.nodes.process import die_with_parent
+
 
 def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> None:
     """Init rclpy, build the node, spin it on a single-threaded executor, clean up on exit.
@@ -14,7 +16,10 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
     Single-threaded on purpose: rclpy's multi-threaded executor busy-waits while a ready
     timer's callback still runs (the filter's 100 Hz step), starving the rest of the process.
     Slow work has its own threads (policy inference) or processes (camera rendering).
+    Started by :class:`~genpolicy_ros.nodes.process.NodeProcess` (``genpolicy-sim``), the node
+    ends (SIGTERM, a clean shutdown) when the process that started it dies.
     """
+    die_with_parent()
     rclpy.init(args=args)
     node = factory()
     executor = SingleThreadedExecutor()

@@ -155,6 +155,7 @@ class SafetyFilterNode(Node):
         statuses = [diag.status(NODE_NAME, 'status', level, result.message, {
             'code': result.status.name, 'detail': result.detail,
             'solve_time_us': result.solve_time_s * 1e6, 'slack': result.slack,
+            'ee_speed_mps': float(np.linalg.norm(result.safe_twist[:3])),
             'rejected_chunks': rejected, 'last_rejection': last_reject,
             **{f'count_{k}': v for k, v in self.counts.items()}})]
         statuses.append(self.transport.report(NODE_NAME))
@@ -214,3 +215,7 @@ class SafetyFilterNode(Node):
 def main(args=None) -> None:
     """Run the node (``ros2 run genpolicy_ros safety_filter_node``)."""
     run_node(SafetyFilterNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -46,6 +46,7 @@ from genpolicy_ros.sim.world import PandaWorld
 NODE_NAME = 'sim_node'
 LOG_THROTTLE_S = 1.0
 CAMERA_RESTART_S = 1.0  # minimum time between restarts of a dead camera render process
+COMMAND_QUEUE_DEPTH = 1  # /genpolicy/arm_command: keep only the newest (see on_configure)
 
 
 class SimNode(LifecycleNode):
@@ -104,7 +105,12 @@ class SimNode(LifecycleNode):
             PoseStamped, '/genpolicy/sim/cube_pose', 10)
         self.pub_goal = self.create_lifecycle_publisher(PointStamped, '/genpolicy/sim/goal', 10)
         self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_subscription(JointState, '/genpolicy/arm_command', self._on_command, 10)
+        # Only the newest command matters to the arm. The executor takes one message per
+        # subscription and wake-up, after the ready timers (the 250 Hz tick is nearly always
+        # ready on a loaded machine): with a deeper queue the backlog was applied oldest first,
+        # ~100 ms late, and commands timed out into stale holds.
+        self.create_subscription(JointState, '/genpolicy/arm_command', self._on_command,
+                                 COMMAND_QUEUE_DEPTH)
         # Everything that touches PyBullet runs in one mutually exclusive group: it is not
         # thread-safe, and the executor is multi-threaded.
         self._sim_group = MutuallyExclusiveCallbackGroup()
@@ -341,3 +347,7 @@ class SimNode(LifecycleNode):
 def main(args=None) -> None:
     """Run the node (``ros2 run genpolicy_ros sim_node``)."""
     run_node(SimNode, args)
+
+
+if __name__ == '__main__':
+    main()

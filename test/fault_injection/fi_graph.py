@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 import fcntl
 import heapq
 import itertools
-import os
 from pathlib import Path
 import random
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,15 +43,15 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
-from genpolicy_ros.config_io import flatten, read_ros_parameters, unflatten
 from genpolicy_ros.nodes import conversions as cv
+# The node processes and their parameters: shared with genpolicy-sim (re-exported here).
+from genpolicy_ros.nodes.process import NodeProcess, node_parameters, ros_param_args
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.safety.barriers import BarrierSet
 from genpolicy_ros.safety.config import SafetyConfig
 
 ARM = [f'panda_joint{i}' for i in range(1, 8)]
-BIN = Path(sys.executable).parent
 RAW = '/fi/raw'                       # where the sim publishes / subscribes behind the relays
 POLICY_RAW = '/fi/policy'             # where policy_node publishes behind its relay
 JOINT_STATES = '/joint_states'
@@ -100,40 +97,6 @@ def ros_now(node: Node) -> float:
 
 
 # ------------------------------------------------------------------------------- parameters
-def node_parameters(config_file: str, node_name: str,
-                    overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Return the nested parameters of ``node_name`` in ``config/<config_file>`` + overrides.
-
-    ``overrides`` uses the dotted ROS names (``tracking.chunk_timeout_s``); unknown names raise.
-    """
-    flat = flatten(read_ros_parameters(config_file, node_name))
-    for name, value in (overrides or {}).items():
-        if name not in flat:
-            raise KeyError(f'{config_file}: {node_name} has no parameter {name}')
-        flat[name] = value
-    return unflatten(flat)
-
-
-def ros_param_args(overrides: Dict[str, Any]) -> List[str]:
-    """Return ``-p name:=value`` arguments for a node's command line."""
-    out: List[str] = []
-    for name, value in overrides.items():
-        if isinstance(value, (list, tuple)):
-            text = '[' + ','.join(_param_text(v) for v in value) + ']'
-        else:
-            text = _param_text(value)
-        out += ['-p', f'{name}:={text}']
-    return out
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, float):
-        return repr(value) if ('.' in repr(value) or 'e' in repr(value)) else f'{value}.0'
-    return str(value)
-
-
 def filter_overrides() -> Dict[str, Any]:
     """Return the filter parameters of the attacked graph: shipped ones + a test obstacle.
 
@@ -156,91 +119,6 @@ def safety_config(overrides: Dict[str, Any]) -> SafetyConfig:
 
 
 # ------------------------------------------------------------------------------- processes
-class NodeProcess:
-    """One node in its own process group, started from its installed console script."""
-
-    def __init__(self, name: str, script: str, args: Sequence[str], log_dir: Path) -> None:
-        self.name = name
-        self.script = script
-        self.args = list(args)
-        self.log_path = Path(log_dir) / f'{name}.log'
-        self.proc: Optional[subprocess.Popen] = None
-        self.env: Dict[str, str] = {}        # added to the inherited environment
-        self.starts = 0
-
-    def start(self) -> None:
-        """Start the process (a new session, so its children die with it)."""
-        if self.alive:
-            raise RuntimeError(f'{self.name} is already running')
-        log = open(self.log_path, 'ab')
-        log.write(f'\n===== start {self.starts} at {time.time():.3f}\n'.encode())
-        log.flush()
-        cmd = [str(BIN / self.script), '--ros-args', '-r', f'__node:={self.name}'] + self.args
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env={**os.environ, **self.env})
-        log.close()
-        self.starts += 1
-
-    @property
-    def pid(self) -> int:
-        """Return the process id (the process group id too)."""
-        assert self.proc is not None, f'{self.name} never started'
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        """Return True while the process runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the node's main process only (as a crash or a stall would hit it)."""
-        if self.alive:
-            os.kill(self.pid, sig)
-
-    def kill9(self) -> None:
-        """SIGKILL the node process, then anything it left in its group (render workers)."""
-        if self.proc is None:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        self.proc.wait(timeout=10.0)
-        self._kill_group()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Ctrl-C the group, then SIGKILL whatever is left after ``timeout_s``."""
-        if self.proc is None:
-            return
-        if self.alive:
-            try:
-                os.killpg(self.pid, signal.SIGCONT)
-                os.killpg(self.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.alive:
-            self.proc.kill()
-            self.proc.wait(timeout=10.0)
-        self._kill_group()
-
-    def _kill_group(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Return the end of the node's log."""
-        try:
-            text = self.log_path.read_text(errors='replace').splitlines()
-        except FileNotFoundError:
-            return ''
-        return '\n'.join(text[-lines:])
-
-
 class CpuThrottle:
     """Starve a process of CPU like a cgroup ``cpu.max`` quota: SIGSTOP/SIGCONT duty cycle.
 
