@@ -7,8 +7,9 @@ sees live inputs. The threshold comes from a split-conformal calibration on 40 s
 nominal episodes (the benchmark's own data; it is not the policy's calibration).
 
 A second table times the per-frame camera-content check (``on_camera`` with a 96x96 frame:
-the policy encoder's features + Mahalanobis distance with the shipped novelty model, and the
-frozen-frame check), which runs at the camera rate beside the decisions.
+the shipped novelty model's three components - policy-encoder features, hue histogram, arm
+position read from the keypoints vs forward kinematics - and the frozen-frame check), which
+runs at the camera rate beside the decisions.
 
 Usage: ``python benchmarks/monitor_bench.py [--samples 16 32] [--decisions 1000]``. The last
 line is ``monitor_p99_ms=<float>`` for the default N (the first of ``--samples``).
@@ -129,7 +130,8 @@ def main() -> None:
 
 def size_note(config: MonitorConfig) -> str:
     """Describe what the camera check runs."""
-    return f'policy encoder + Mahalanobis, {config.novelty.model_file}, 1 torch thread'
+    return (f'policy encoder + Mahalanobis, hue histogram, arm reading vs forward kinematics, '
+            f'{config.novelty.model_file}, 1 torch thread')
 
 
 if __name__ == '__main__':
