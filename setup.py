@@ -45,6 +45,7 @@ setup(
             'genpolicy-record-demos = genpolicy_ros.sim.record_demos:main',
             'genpolicy-collect = genpolicy_ros.policy.collect:main',
             'genpolicy-train = genpolicy_ros.policy.train:main',
+            'genpolicy-finetune = genpolicy_ros.policy.finetune:main',
             'genpolicy-calibrate = genpolicy_ros.evaluation:calibrate_main',
             'genpolicy-monitor-eval = genpolicy_ros.monitor_eval:main',
             'genpolicy-monitor-gui = genpolicy_ros.rqt.standalone:main',

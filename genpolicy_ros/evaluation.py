@@ -20,7 +20,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from genpolicy_ros.safety.reference import ReferenceTracker
 from genpolicy_ros.sim.config import SimConfig
 from genpolicy_ros.sim.episode import observe
 from genpolicy_ros.sim.task import EVAL_SEED_START
+from genpolicy_ros.sim.variants import apply_task_variant, DEFAULT_VARIANT, variant_names
 from genpolicy_ros.sim.world import PandaWorld
 
 VIOLATION_TOL = 1e-6
@@ -74,12 +75,24 @@ class LockstepStack:
 
     ``monitor`` is ``'gate'`` (the monitor gates commands with the shipped calibration),
     ``'observe'`` (scores are computed, nothing is gated: for calibration) or ``'off'``.
+    ``task_variant`` names a variant of ``config/task_variants.yaml`` (``default``: the task
+    of ``sim.yaml``). ``max_decisions`` shortens episodes below the task's time limit;
+    ``stop_on_hold`` ends an episode as soon as the monitor latches HOLD (the rest of it is
+    a hold). :attr:`episode` is the :class:`EpisodeStats` of the running (or last) episode, so
+    a planner can read what the filter and the monitor did while its plan was executed.
+    ``novelty_model`` replaces the shipped camera-novelty model (calibration fits a new one).
     """
 
     def __init__(self, policy: str = 'flow', checkpoint: Optional[str] = None,
                  use_filter: bool = True, monitor: str = 'gate', gui: bool = False,
-                 world_hook=None) -> None:
-        self.sim = SimConfig.load()
+                 world_hook=None, task_variant: str = DEFAULT_VARIANT,
+                 max_decisions: Optional[int] = None, stop_on_hold: bool = False,
+                 novelty_model=None) -> None:
+        self.sim = apply_task_variant(SimConfig.load(), task_variant)
+        self.task_variant = task_variant
+        self.max_decisions = max_decisions
+        self.stop_on_hold = stop_on_hold
+        self.episode: Optional[EpisodeStats] = None
         self.world = PandaWorld(self.sim, gui=gui)
         self.backend = PyBulletBackend(self.world)
         self.model = FrankaModel()
@@ -100,7 +113,10 @@ class LockstepStack:
                     f'{path} does not exist: run genpolicy-calibrate first, or evaluate with '
                     '--monitor observe|off')
             self.calibration = load_calibration(path)
-        self.novelty_model = load_novelty_model(self.monitor_config) if monitor != 'off' else None
+        # ``novelty_model`` given: the one being calibrated (the shipped file may be older).
+        if novelty_model is None and monitor != 'off':
+            novelty_model = load_novelty_model(self.monitor_config)
+        self.novelty_model = novelty_model if monitor != 'off' else None
         self.control_dt = 1.0 / self.sim.control_hz
         self.control_per_decision = int(round(self.sim.control_hz / self.sim.decision_hz))
         self.world_hook = world_hook
@@ -142,7 +158,10 @@ class LockstepStack:
         if self.world_hook is not None:
             self.world_hook.on_reset(world, seed)
         stats = EpisodeStats(seed, False, 0, 0.0, 0.0, 0, np.inf)
+        self.episode = stats
         max_steps = world.task.max_decision_steps(self.sim.decision_hz)
+        if self.max_decisions is not None:
+            max_steps = min(max_steps, int(self.max_decisions))
         cap = self.safety.speed_cap.max_speed_mps
         for step in range(max_steps):
             if self.world_hook is not None:
@@ -179,6 +198,8 @@ class LockstepStack:
                     stats.first_slow_or_hold_s = t
                 if mode == Mode.HOLD and not stats.hold_reason:
                     stats.hold_reason = monitor.status(t).reason
+                if mode == Mode.HOLD and self.stop_on_hold:
+                    break
         cube_xy = world.cube_pose()[:2]
         stats.success = stats.success or world.task.is_success(cube_xy, spec.goal_xy)
         stats.final_distance_m = world.task.distance_to_goal(cube_xy, spec.goal_xy)
@@ -261,6 +282,15 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_interval(values: List[float], z: float = 1.96) -> tuple:
+    """Return the mean of ``values`` and its normal-approximation 95% interval (mean, lo, hi)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return 0.0, 0.0, 0.0
+    half = z * float(x.std(ddof=1)) / float(np.sqrt(len(x))) if len(x) > 1 else 0.0
+    return float(x.mean()), float(x.mean()) - half, float(x.mean()) + half
+
+
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog='genpolicy-eval', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -269,6 +299,8 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                    help='first seed (>= 100000 are held out from training)')
     p.add_argument('--policy', choices=('flow', 'expert'), default='flow')
     p.add_argument('--checkpoint', default=None, help='policy checkpoint (default: shipped)')
+    p.add_argument('--task', default=DEFAULT_VARIANT, choices=variant_names(),
+                   help='task variant (config/task_variants.yaml); hard: 1.5 cm success radius')
     p.add_argument('--no-filter', action='store_true',
                    help='plain resolved-rate tracking instead of the CBF-QP filter')
     p.add_argument('--monitor', choices=('gate', 'observe', 'off'), default='gate',
@@ -287,7 +319,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    stack = LockstepStack(args.policy, args.checkpoint, not args.no_filter, args.monitor)
+    stack = LockstepStack(args.policy, args.checkpoint, not args.no_filter, args.monitor,
+                          task_variant=args.task)
     results: List[EpisodeStats] = []
     t0 = time.monotonic()
     try:
@@ -310,6 +343,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     lo, hi = wilson_interval(k, len(results))
     print(f'{k}/{len(results)} successes (95% CI {lo:.2f}-{hi:.2f}), '
           f'{time.monotonic() - t0:.0f} s wall', flush=True)
+    if results:
+        m, m_lo, m_hi = mean_interval([r.mean_intervention_mps for r in results])
+        print(f'intervention per episode {m:.4f} m/s (95% CI {m_lo:.4f}-{m_hi:.4f}, '
+              f'normal approximation over episodes)', flush=True)
     print(summary_line(results), flush=True)
     sys.exit(0)
 
@@ -318,10 +355,14 @@ def main(argv: Optional[List[str]] = None) -> None:
 CALIBRATION_SEED_START = 200000
 
 
-def load_demo_frames(demo_dirs: List[str], max_episodes: int, stride: int) -> np.ndarray:
-    """Return every ``stride``-th camera frame of the first ``max_episodes`` episodes per dir."""
+def load_demo_frames(demo_dirs: List[str], max_episodes: int,
+                     stride: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Return every ``stride``-th frame of the first ``max_episodes`` episodes per dir.
+
+    Returns ``(frames (M, H, W, 3) uint8, joint positions (M, 7))``.
+    """
     from genpolicy_ros.policy.dataset import episode_files
-    frames = []
+    frames, joints = [], []
     for d in demo_dirs:
         files = episode_files(d)[:max_episodes]
         if not files:
@@ -330,7 +371,8 @@ def load_demo_frames(demo_dirs: List[str], max_episodes: int, stride: int) -> np
         for f in files:
             with np.load(f) as ep:
                 frames.append(np.asarray(ep['images'][::stride], dtype=np.uint8))
-    return np.concatenate(frames)
+                joints.append(np.asarray(ep['q'][::stride], dtype=float))
+    return np.concatenate(frames), np.concatenate(joints)
 
 
 def calibrate_main(argv: Optional[List[str]] = None) -> None:
@@ -372,10 +414,11 @@ def calibrate_main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
     checkpoint = args.checkpoint or PolicyRuntimeConfig.load().checkpoint
-    frames = load_demo_frames(args.feature_demos, args.feature_episodes, args.feature_stride)
-    model = FeatureNoveltyModel.fit(str(checkpoint), frames, args.shrinkage)
-    stack = LockstepStack('flow', args.checkpoint, use_filter=True, monitor='observe')
-    stack.novelty_model = model
+    frames, joints = load_demo_frames(args.feature_demos, args.feature_episodes,
+                                      args.feature_stride)
+    model = FeatureNoveltyModel.fit(str(checkpoint), frames, joints, args.shrinkage)
+    stack = LockstepStack('flow', args.checkpoint, use_filter=True, monitor='observe',
+                          novelty_model=model)
     k = stack.monitor_config.novelty.hold_consecutive_frames
     scores: List[List[float]] = []
     novelty: List[float] = []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 from pathlib import Path
 import shutil
@@ -34,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from genpolicy_ros.policy.chunk_plan import Plan, _Planner
+from genpolicy_ros.policy.worker_pool import WorkerPool
 from genpolicy_ros.sim.expert import ScriptedPushExpert
 from genpolicy_ros.sim.record_demos import prepare_episode_dir
 from genpolicy_ros.sim.task import EVAL_SEED_START
@@ -123,19 +123,6 @@ class _Collector:
         return seed, stats.success, len(recs), path, stats.mean_intervention_mps
 
 
-_WORKER: Optional[_Collector] = None
-
-
-def _init_worker(*args) -> None:
-    global _WORKER
-    _WORKER = _Collector(*args)
-
-
-def _run_seed(seed: int):
-    assert _WORKER is not None
-    return _WORKER.run(seed)
-
-
 def collect(driver: str, episodes: int, out_dir: Path, first_seed: int,
             checkpoint: Optional[str] = None, noise_std_m: float = 0.01, workers: int = 2,
             overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
@@ -181,17 +168,11 @@ def collect(driver: str, episodes: int, out_dir: Path, first_seed: int,
     args = (driver, checkpoint, noise_std_m, str(tmp_dir))
     seeds = range(first_seed, limit)
     try:
-        if workers <= 1:
-            _init_worker(*args)
-            for seed in seeds:
-                if handle(_run_seed(seed)):
+        with WorkerPool(_Collector, args, workers) as pool:
+            for item in pool.imap(seeds):
+                if handle(item):
+                    pool.terminate()
                     break
-        else:
-            with mp.get_context('spawn').Pool(workers, _init_worker, args) as pool:
-                for item in pool.imap(_run_seed, seeds):
-                    if handle(item):
-                        pool.terminate()
-                        break
     except KeyboardInterrupt:
         # Stopped early (Ctrl-C or SIGTERM): keep what was collected, with a valid meta.json.
         print(f'\nstopped: keeping {len(kept)} episodes', flush=True)

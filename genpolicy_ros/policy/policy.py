@@ -21,7 +21,7 @@ from genpolicy_ros.policy.chunking import (ActionChunk, ChunkingAgent, ChunkSche
                                            Observation)
 from genpolicy_ros.policy.config import PolicyConfig, PolicyRuntimeConfig, SELECTION_MODES
 from genpolicy_ros.policy.dataset import Normalizer
-from genpolicy_ros.policy.flow import sample_chunks
+from genpolicy_ros.policy.flow import FlowSample, sample_chunks
 from genpolicy_ros.policy.network import FlowPolicyNet, images_to_tensor
 
 PathLike = Union[str, Path]
@@ -114,9 +114,8 @@ class FlowPolicy:
         ee_xy = np.asarray(obs['ee_pos'], dtype=np.float32)[None, :cfg.proprio_dim]
         proprio = torch.from_numpy(self.normalizer.normalize('proprio', ee_xy))
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else self.generator
-        out = sample_chunks(self.net, self.net.encode(images, proprio),
-                            steps or self.steps, n_samples or self.n_samples, gen,
-                            self.selection)
+        out = self._sample(self.net.encode(images, proprio), steps or self.steps,
+                           n_samples or self.n_samples, gen)
         xy = self.normalizer.unnormalize('action', out.samples.numpy().astype(np.float64))
         if cfg.action_frame == 'relative_ee':
             xy = xy + ee_xy.astype(np.float64)[None]
@@ -128,6 +127,11 @@ class FlowPolicy:
             stamp=float(stamp if stamp is not None else obs.get('stamp', 0.0)),
             selected=out.index,
             compute_time_s=time.perf_counter() - t0)
+
+    def _sample(self, obs_cond: torch.Tensor, steps: int, n_samples: int,
+                generator: torch.Generator) -> FlowSample:
+        """Draw the chunks of one decision (normalised); subclasses change the sampler."""
+        return sample_chunks(self.net, obs_cond, steps, n_samples, generator, self.selection)
 
 
 def make_scheduler(policy: Any, runtime: Optional[PolicyRuntimeConfig] = None) -> ChunkScheduler:
