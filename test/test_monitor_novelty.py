@@ -159,3 +159,12 @@ def test_monitor_holds_on_novel_frames_and_refuses_reset_while_they_last(model, 
         tick(nominal, 150)
     ok, why = monitor.reset(t)
     assert ok and monitor.mode == Mode.NOMINAL, why
+
+
+def test_frames_are_paired_with_the_joints_measured_when_they_were_taken():
+    checks = CameraContentChecks(MonitorConfig.load().novelty, None, None)
+    assert checks.joints_at(1.0) is None
+    for k in range(100):  # 250 Hz joint states; the frame of t = 0.1 s arrives at t = 0.4 s
+        checks.on_joint_positions(np.full(7, k * 0.004), stamp=k * 0.004)
+    np.testing.assert_allclose(checks.joints_at(0.1), np.full(7, 0.1))
+    np.testing.assert_allclose(checks.joints_at(None), np.full(7, 99 * 0.004))  # newest

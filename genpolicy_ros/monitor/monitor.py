@@ -200,7 +200,7 @@ class RuntimeMonitor:
         """
         good = self.watchdogs.on_joint_state(q, dq, stamp, self._tick(now), rejected)
         if good:
-            self.camera_checks.on_joint_positions(q)
+            self.camera_checks.on_joint_positions(q, stamp)
         return good
 
     def on_camera(self, stamp: float, now: float, image: Optional[np.ndarray] = None) -> bool:
@@ -210,7 +210,7 @@ class RuntimeMonitor:
         """
         good = self.watchdogs.on_camera(stamp, self._tick(now))
         if good and image is not None:
-            self.camera_checks.on_frame(image)
+            self.camera_checks.on_frame(image, stamp)
         return good
 
     def on_safe_command(self, q_cmd: np.ndarray, dq_cmd: np.ndarray, stamp: float,

@@ -23,9 +23,10 @@ Torch is imported only when a novelty model is loaded.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,6 +43,7 @@ FEATURE_DEFINITION = (
 HUE_BINS = 16
 MIN_CHROMA = 30.0           # intensity levels; greys (the arm, shadows) carry no hue
 COMPONENTS = ('encoder', 'colour', 'arm')
+Q_HISTORY = 512             # joint states kept to pair with frames (2 s at 250 Hz)
 
 
 @dataclass(frozen=True)
@@ -306,16 +308,28 @@ class CameraContentChecks:
         self._small: Optional[np.ndarray] = None
         self._q_at_change: Optional[np.ndarray] = None
         self._q: Optional[np.ndarray] = None
+        self._q_history: Deque[Tuple[float, np.ndarray]] = deque(maxlen=Q_HISTORY)
         self._frozen_motion = 0.0
 
-    def on_joint_positions(self, q: np.ndarray) -> None:
-        """Register the newest measured joint positions [rad]."""
+    def on_joint_positions(self, q: np.ndarray, stamp: Optional[float] = None) -> None:
+        """Register the newest measured joint positions [rad], measured at ``stamp`` [s]."""
         self._q = np.array(q, dtype=float)
+        if stamp is not None:
+            self._q_history.append((float(stamp), self._q))
 
-    def on_frame(self, image: np.ndarray) -> Optional[float]:
+    def joints_at(self, stamp: Optional[float]) -> Optional[np.ndarray]:
+        """Return the registered joint positions measured nearest to ``stamp`` (else newest)."""
+        if stamp is None or not self._q_history:
+            return self._q
+        stamps = np.fromiter((s for s, _ in self._q_history), dtype=float)
+        return self._q_history[int(np.argmin(np.abs(stamps - float(stamp))))][1]
+
+    def on_frame(self, image: np.ndarray, stamp: Optional[float] = None) -> Optional[float]:
         """Check one RGB frame (H, W, 3) uint8; return its novelty score (None: no model).
 
-        The frame is paired with the newest joint positions registered before it.
+        The arm component pairs the frame with the joint positions measured nearest to the
+        frame's ``stamp`` (capture time): in a live graph the frame arrives 100-200 ms after
+        it was taken, and the arm has moved a few cm since.
         """
         img = np.asarray(image)
         small = _downsample(img)
@@ -332,7 +346,8 @@ class CameraContentChecks:
             self._frozen_motion = float(np.max(np.abs(self._q - self._q_at_change)))
         if self.model is None or img.shape[:2] != (self.model.image_size_px,) * 2:
             return None  # the policy refuses such frames too (its node reports them)
-        raw = self.model.raw_components(img[None], None if self._q is None else self._q[None])[0]
+        q = self.joints_at(stamp)
+        raw = self.model.raw_components(img[None], None if q is None else q[None])[0]
         if np.isfinite(raw[2]):
             # One frame's reading jitters with the arm's motion blur and the joint state's
             # lag; a moved camera shifts every frame's reading.
