@@ -47,6 +47,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 
+from fi_checks import OperatorOnDuty  # noqa: E402
 from fi_graph import claim_domain  # noqa: E402
 from genpolicy_ros.nodes import conversions as cv  # noqa: E402
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args  # noqa: E402
@@ -115,33 +116,6 @@ class Listener:
                 self.stamp[k].clear()
             self.modes.clear()
             self.sim_stats.clear()
-
-
-class Operator:
-    """Reset the monitor whenever it holds, during the measurement (counts the resets).
-
-    A watchdog tripped by a scheduling gap would otherwise hold the arm for the rest of the run
-    and no chunk would reach it; how often that happens is reported.
-    """
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-        self.resets = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> 'Operator':
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15.0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            if self.listener.mode() == 'HOLD':
-                self.resets += int(release(self.listener, 2.0))
 
 
 def release(listener: Listener, timeout_s: float) -> bool:
@@ -233,7 +207,10 @@ def main(argv=None) -> int:
         time.sleep(args.warmup)
         listener.clear()
         started = time.time()
-        with Operator(listener) as operator:
+        # A watchdog tripped by a scheduling gap would otherwise hold the arm for the rest of
+        # the run and no chunk would reach it; how often that happens is reported.
+        with OperatorOnDuty(lambda: listener.mode() == 'HOLD',
+                            lambda: release(listener, 2.0), 0.25) as operator:
             time.sleep(args.duration)
         elapsed = time.time() - started
         latency_ms = loop_latencies(listener) * 1e3

@@ -67,21 +67,21 @@ def move_nominally(graph: FaultGraph, seconds: float = 1.0, attempts: int = 4) -
 TRAVEL_Z_M = 0.15
 
 
-class AutoRelease:
-    """While in a ``with`` block, reset the monitor whenever it holds (an operator on duty).
+class OperatorOnDuty:
+    """While in a ``with`` block, reset the monitor whenever it holds (counts the resets).
 
-    For tests of the filter or the driver, where the monitor is not under test: on an
-    overloaded machine a watchdog may trip on a scheduling gap, which must not stop the attack.
-    ``resets`` counts the accepted resets (reported with the scenario).
+    ``is_holding()`` reads the monitor's mode, ``reset()`` asks for a reset and returns whether
+    it was accepted; checked every ``period_s``. Used by the fault tests and by loop_bench.
     """
 
-    def __init__(self, graph: FaultGraph) -> None:
-        self.graph = graph
+    def __init__(self, is_holding: Callable[[], bool], reset: Callable[[], bool],
+                 period_s: float = 0.2) -> None:
+        self.is_holding, self.reset, self.period_s = is_holding, reset, period_s
         self.resets = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name='auto_release')
 
-    def __enter__(self) -> 'AutoRelease':
+    def __enter__(self) -> 'OperatorOnDuty':
         self._thread.start()
         return self
 
@@ -90,10 +90,23 @@ class AutoRelease:
         self._thread.join(timeout=15.0)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            if self.graph.observer.mode() == 'HOLD':
-                ok, _ = self.graph.reset_monitor()
-                self.resets += int(ok)
+        while not self._stop.wait(self.period_s):
+            if self.is_holding():
+                self.resets += int(self.reset())
+
+
+class AutoRelease(OperatorOnDuty):
+    """An operator on duty for the fault graph's monitor.
+
+    For tests of the filter or the driver, where the monitor is not under test: on an
+    overloaded machine a watchdog may trip on a scheduling gap, which must not stop the attack.
+    ``resets`` counts the accepted resets (reported with the scenario).
+    """
+
+    def __init__(self, graph: FaultGraph) -> None:
+        super().__init__(lambda: graph.observer.mode() == 'HOLD',
+                         lambda: graph.reset_monitor()[0])
+        self.graph = graph
 
 
 def stage(graph: FaultGraph, point: np.ndarray, timeout_s: float = 30.0) -> bool:
