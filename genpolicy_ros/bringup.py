@@ -43,6 +43,7 @@ import yaml
 from genpolicy_ros.monitor.gate import Mode
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args, stop_all
+from genpolicy_ros.nodes.runner import stop_spinning_nodes
 from genpolicy_ros.paths import config_path
 from genpolicy_ros.recording.config import RecorderConfig
 from genpolicy_ros.recording.recorder import McapRecorder
@@ -239,13 +240,7 @@ class Bringup:
         """Stop spinning, then release every node (in that order: no callback outlives it)."""
         if self.recorder is not None:
             self.recorder.close()
-        for executor in self.executors:
-            executor.shutdown(timeout_sec=2.0)
-        for thread in self._threads:
-            thread.join(timeout=2.0)
-        for node in self.nodes:
-            node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        stop_spinning_nodes(self.executors, self._threads, self.nodes, self.context)
 
 
 def _node_overrides(policy: str, checkpoint: str, gui: bool, seed: int,
@@ -566,14 +561,7 @@ class ProcessBringup:
         stop_all(list(self.procs.values()), timeout_s=10.0)
         if self.recorder is not None:
             self.recorder.close()
-        for executor in self._executors:
-            executor.shutdown(timeout_sec=2.0)
-        for thread in self._threads:
-            thread.join(timeout=2.0)
-        for node in self._nodes:
-            node.destroy_node()
-        if self.context is not None:
-            rclpy.try_shutdown(context=self.context)
+        stop_spinning_nodes(self._executors, self._threads, self._nodes, self.context)
         atexit.unregister(self.shutdown)
 
 

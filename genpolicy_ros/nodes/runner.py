@@ -1,10 +1,15 @@
-"""Run one node in its own process until Ctrl-C (what ``ros2 run`` and launch files start)."""
+"""Run one node in its own process until Ctrl-C; stop nodes spun on threads of one process.
 
-from typing import Callable, List, Optional
+``run_node`` is what ``ros2 run`` and launch files start.
+"""
+
+import threading
+from typing import Callable, Iterable, List, Optional
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.context import Context
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from genpolicy_ros.nodes.process import die_with_parent
@@ -37,3 +42,19 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def stop_spinning_nodes(executors: Iterable[Executor], threads: Iterable[threading.Thread],
+                        nodes: Iterable[Node], context: Optional[Context]) -> None:
+    """Stop executors, join their spin threads, destroy the nodes, shut the context down.
+
+    In that order, so that no callback outlives its node.
+    """
+    for executor in executors:
+        executor.shutdown(timeout_sec=2.0)
+    for thread in threads:
+        thread.join(timeout=2.0)
+    for node in nodes:
+        node.destroy_node()
+    if context is not None:
+        rclpy.try_shutdown(context=context)

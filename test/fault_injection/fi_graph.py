@@ -46,6 +46,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 from genpolicy_ros.nodes import conversions as cv
 # The node processes and their parameters: shared with genpolicy-sim (re-exported here).
 from genpolicy_ros.nodes.process import NodeProcess, node_parameters, ros_param_args
+from genpolicy_ros.nodes.runner import stop_spinning_nodes
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.safety.barriers import BarrierSet
@@ -770,13 +771,7 @@ class FaultGraph:
         self.policy.enabled = False
         for proc in self.procs.values():
             proc.stop()
-        for executor in self.executors:
-            executor.shutdown(timeout_sec=2.0)
-        for thread in self.threads:
-            thread.join(timeout=2.0)
-        for node in self.nodes:
-            node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        stop_spinning_nodes(self.executors, self.threads, self.nodes, self.context)
 
     def logs(self, lines: int = 30) -> str:
         """Return the tail of every node's log (for failure messages)."""
