@@ -7,6 +7,11 @@
   are FiLM-modulated by the observation and flow-time embeddings (Chi et al., Diffusion Policy);
   it predicts the rectified-flow velocity.
 - :class:`FlowPolicyNet`: both together.
+
+Inference path of the sampler (:meth:`VelocityUNet1D.film_table` +
+:meth:`VelocityUNet1D.forward_film`): the same function as :meth:`VelocityUNet1D.forward`
+(equal to float rounding) for a batch of chunks that share one observation and one flow time,
+which is what every Euler step of :func:`~genpolicy_ros.policy.flow.sample_chunks` evaluates.
 """
 
 import math
@@ -160,6 +165,11 @@ class VelocityUNet1D(nn.Module):
         self.blocks = [m for m in self.modules() if isinstance(m, FiLMResBlock1D)]
         self.film_sizes = [2 * b.out_ch for b in self.blocks]
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond, sum(self.film_sizes)))
+        # film_table adds 1 to the scale entries (the forward's "1 + scale") in one op; not
+        # persistent, so checkpoints are unchanged.
+        self.film_halves = [b.out_ch for b in self.blocks for _ in range(2)]
+        offset = [v for b in self.blocks for v in (1.0,) * b.out_ch + (0.0,) * b.out_ch]
+        self.register_buffer('film_offset', torch.tensor(offset), persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, obs_cond: torch.Tensor) -> torch.Tensor:
         """Return v(x, t | obs) for x (B, H, A), t (B,), obs_cond (B, obs_cond_dim)."""
@@ -178,6 +188,96 @@ class VelocityUNet1D(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             h = up(res2(res1(h, next(films)), next(films)))
         return self.final(h).transpose(1, 2)
+
+    def film_table(self, t: torch.Tensor, obs_cond: torch.Tensor) -> torch.Tensor:
+        """Return the FiLM rows (K, F) of flow times t (K,) for one ``obs_cond`` (1, C).
+
+        Row k holds every residual block's (1 + scale, bias) at t[k]; it depends on neither
+        the chunk nor the sample, so the sampler computes it once per call for all steps.
+        """
+        cond = torch.cat([self.time_embed(t), obs_cond.expand(t.shape[0], -1)], dim=-1)
+        return self.film(cond) + self.film_offset
+
+    def forward_film(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """Return v (B, H, A) for chunks x (B, H, A) sharing one row (F,) of :meth:`film_table`.
+
+        Equal to :meth:`forward` to float rounding, but activations stay time-major
+        (B, T, C): each Conv1d is then one GEMM over im2col columns (at T <= 16 the mkldnn
+        conv1d costs several times its arithmetic, mostly in per-call weight reorders) and
+        the output needs no transpose. Inference only (not meant for autograd).
+        """
+        films = film.split(self.film_halves)
+        i = 0
+        h, skips = x, []
+        for res1, res2, down in self.down:
+            h = _res_block_btc(res1, h, films[i], films[i + 1])
+            h = _res_block_btc(res2, h, films[i + 2], films[i + 3])
+            i += 4
+            skips.append(h)
+            if not isinstance(down, nn.Identity):
+                h = _conv1d_btc(h, down)
+        for res in self.mid:
+            h = _res_block_btc(res, h, films[i], films[i + 1])
+            i += 2
+        for res1, res2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=2)
+            h = _res_block_btc(res1, h, films[i], films[i + 1])
+            h = _res_block_btc(res2, h, films[i + 2], films[i + 3])
+            i += 4
+            h = _conv_transpose1d_btc(h, up)
+        block, out = self.final
+        return _conv1d_btc(_conv_block_btc(block, h), out)
+
+
+# Time-major (B, T, C) building blocks of VelocityUNet1D.forward_film. They read the weights
+# from the modules on every call, so load_state_dict (RL fine-tuning) and .to() are always seen.
+def _conv1d_btc(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Apply ``conv`` (dilation 1, one group, zero padding) to (B, T, C) -> (B, T', O)."""
+    b, t, c = x.shape
+    weight = conv.weight
+    k, stride, pad = weight.shape[2], conv.stride[0], conv.padding[0]
+    if k == 1 and stride == 1 and pad == 0:
+        cols = x.reshape(b * t, c)
+    else:
+        cols = F.pad(x, (0, 0, pad, pad)).unfold(1, k, stride)  # (B, T', C, k)
+        t = cols.shape[1]
+        cols = cols.reshape(b * t, c * k)  # (C, k) order: that of weight.flatten(1)
+    return F.linear(cols, weight.flatten(1), conv.bias).view(b, t, -1)
+
+
+def _conv_transpose1d_btc(x: torch.Tensor, conv: nn.ConvTranspose1d) -> torch.Tensor:
+    """Apply ``conv`` (no output padding, dilation 1, one group) to (B, T, C) -> (B, T', O).
+
+    One GEMM gives every input step's contribution to its k output steps; an overlap-add at
+    the stride places them (the col2im of a transposed convolution).
+    """
+    b, t, c = x.shape
+    weight = conv.weight  # (C, O, k)
+    o, k = weight.shape[1], weight.shape[2]
+    stride, pad = conv.stride[0], conv.padding[0]
+    y = (x.reshape(b * t, c) @ weight.reshape(c, o * k)).view(b, t, o, k)
+    full = x.new_zeros((b, (t - 1) * stride + k, o))
+    for j in range(k):
+        full[:, j:j + (t - 1) * stride + 1:stride] += y[..., j]
+    out = full[:, pad:full.shape[1] - pad]
+    return out + conv.bias if conv.bias is not None else out
+
+
+def _conv_block_btc(block: 'Conv1dBlock', x: torch.Tensor) -> torch.Tensor:
+    """Conv1dBlock on (B, T, C); GroupNorm runs natively on the channels-last view."""
+    conv, norm, _ = block.block
+    h = _conv1d_btc(x, conv).transpose(1, 2).unsqueeze(2)  # (B, O, 1, T), channels-last
+    h = torch.group_norm(h, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return F.mish(h.squeeze(2).transpose(1, 2), inplace=True)
+
+
+def _res_block_btc(block: 'FiLMResBlock1D', x: torch.Tensor, scale: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+    """FiLMResBlock1D on (B, T, C) with FiLM ``scale`` (already 1 + scale) and ``bias`` (O,)."""
+    h = _conv_block_btc(block.block2, torch.addcmul(bias, _conv_block_btc(block.block1, x),
+                                                    scale))
+    skip = block.skip
+    return h.add_(x if isinstance(skip, nn.Identity) else _conv1d_btc(x, skip))
 
 
 class FlowPolicyNet(nn.Module):

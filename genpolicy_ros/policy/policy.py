@@ -37,8 +37,12 @@ class FlowPolicy:
     """Rectified-flow policy over EE xy action chunks (z is the demos' push height).
 
     ``act`` is deterministic given the seed: ``reset(seed)`` restarts the noise stream, and
-    ``act(obs, seed=s)`` uses a private stream seeded ``s`` for that call only.
+    ``act(obs, seed=s)`` uses a private stream seeded ``s`` for that call only. ``fast``
+    selects the sampler's inference path (see :func:`sample_chunks`); ``False`` runs the
+    plain module forward, the reference that tests and benchmarks compare with.
     """
+
+    fast: bool = True
 
     def __init__(self, net: FlowPolicyNet, normalizer: Normalizer, steps: int, n_samples: int,
                  selection: str, seed: int, info: Optional[Dict[str, Any]] = None) -> None:
@@ -131,7 +135,8 @@ class FlowPolicy:
     def _sample(self, obs_cond: torch.Tensor, steps: int, n_samples: int,
                 generator: torch.Generator) -> FlowSample:
         """Draw the chunks of one decision (normalised); subclasses change the sampler."""
-        return sample_chunks(self.net, obs_cond, steps, n_samples, generator, self.selection)
+        return sample_chunks(self.net, obs_cond, steps, n_samples, generator, self.selection,
+                             fast=self.fast)
 
 
 def make_scheduler(policy: Any, runtime: Optional[PolicyRuntimeConfig] = None) -> ChunkScheduler:
