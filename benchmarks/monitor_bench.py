@@ -130,8 +130,8 @@ def main() -> None:
 
 def size_note(config: MonitorConfig) -> str:
     """Describe what the camera check runs."""
-    return (f'policy encoder + Mahalanobis, hue histogram, arm reading vs forward kinematics, '
-            f'{config.novelty.model_file}, 1 torch thread')
+    return ('policy encoder + Mahalanobis, hue histogram, TCP + cube readings, forward '
+            f'kinematics, {config.novelty.model_file}, 1 torch thread')
 
 
 if __name__ == '__main__':

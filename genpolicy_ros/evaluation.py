@@ -20,7 +20,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -355,14 +355,13 @@ def main(argv: Optional[List[str]] = None) -> None:
 CALIBRATION_SEED_START = 200000
 
 
-def load_demo_frames(demo_dirs: List[str], max_episodes: int,
-                     stride: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Return every ``stride``-th frame of the first ``max_episodes`` episodes per dir.
+def demo_episodes(demo_dirs: List[str], max_episodes: int
+                  ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(frames (T, H, W, 3) uint8, joint positions (T, 7), cube xy (T, 2))`` per episode.
 
-    Returns ``(frames (M, H, W, 3) uint8, joint positions (M, 7))``.
+    The first ``max_episodes`` episodes of each demo directory, read one at a time.
     """
     from genpolicy_ros.policy.dataset import episode_files
-    frames, joints = [], []
     for d in demo_dirs:
         files = episode_files(d)[:max_episodes]
         if not files:
@@ -370,9 +369,9 @@ def load_demo_frames(demo_dirs: List[str], max_episodes: int,
                                     f'the policy\'s training demos (--feature-demos)')
         for f in files:
             with np.load(f) as ep:
-                frames.append(np.asarray(ep['images'][::stride], dtype=np.uint8))
-                joints.append(np.asarray(ep['q'][::stride], dtype=float))
-    return np.concatenate(frames), np.concatenate(joints)
+                yield (np.asarray(ep['images'], dtype=np.uint8),
+                       np.asarray(ep['q'], dtype=float),
+                       np.asarray(ep['cube_pose'][:, :2], dtype=float))
 
 
 def calibrate_main(argv: Optional[List[str]] = None) -> None:
@@ -399,7 +398,6 @@ def calibrate_main(argv: Optional[List[str]] = None) -> None:
                    help='demo directories the policy was trained on (novelty model fit)')
     p.add_argument('--feature-episodes', type=int, default=300,
                    help='episodes per demo directory used for the fit')
-    p.add_argument('--feature-stride', type=int, default=3, help='use every k-th frame')
     p.add_argument('--shrinkage', type=float, default=0.05,
                    help='covariance shrinkage toward a scaled identity, in [0, 1)')
     p.add_argument('--out', default=None,
@@ -414,9 +412,9 @@ def calibrate_main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
     checkpoint = args.checkpoint or PolicyRuntimeConfig.load().checkpoint
-    frames, joints = load_demo_frames(args.feature_demos, args.feature_episodes,
-                                      args.feature_stride)
-    model = FeatureNoveltyModel.fit(str(checkpoint), frames, joints, args.shrinkage)
+    model = FeatureNoveltyModel.fit(str(checkpoint),
+                                    demo_episodes(args.feature_demos, args.feature_episodes),
+                                    args.shrinkage)
     stack = LockstepStack('flow', args.checkpoint, use_filter=True, monitor='observe',
                           novelty_model=model)
     k = stack.monitor_config.novelty.hold_consecutive_frames
@@ -439,6 +437,6 @@ def calibrate_main(argv: Optional[List[str]] = None) -> None:
                     stack.monitor_config.consistency.definition(), novelty, FEATURE_DEFINITION,
                     novelty_file)
     path = save_calibration(cal, out)
-    print(f'novelty model: {len(frames)} demo frames -> {out.parent / novelty_file}')
+    print(f'novelty model: {model.n_fit} demo frames -> {out.parent / novelty_file}')
     print(f'threshold={cal.threshold:.6f} novelty_threshold={cal.novelty_threshold:.6f} '
           f'alpha={cal.alpha} n={cal.n_episodes} -> {path}')

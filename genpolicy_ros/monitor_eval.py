@@ -10,8 +10,9 @@ decision step (cube displaced, camera occlusion, frozen camera frame).
 An *alarm* is the gate leaving NOMINAL (a transition to SLOW or HOLD, or never leaving the
 start-up HOLD). An OOD episode counts as detected when an alarm is raised at or after the onset;
 its latency is the alarm time minus the onset time (simulated seconds). A nominal episode with
-any alarm is a false positive. OOD episodes that end before the onset (a mid-episode scenario
-on a task solved earlier) saw no OOD input and are left out of the rates.
+any alarm is a false positive. OOD episodes whose monitor saw no camera frame at or after the
+onset (a mid-episode scenario on a task solved by then) saw no OOD input and are left out of
+the rates.
 
 One table row per scenario, then as the last line::
 
@@ -204,6 +205,7 @@ class MonitorEvalStack(LockstepStack):
         self.last_monitor = None
         self.first_violation_s: Optional[float] = None
         self.scores: List[Tuple[float, float]] = []
+        self.frame_times: List[float] = []
         if max_decisions is not None:
             task = self.world.task
             full = task.max_decision_steps
@@ -214,7 +216,9 @@ class MonitorEvalStack(LockstepStack):
         self.last_monitor = monitor
         self.first_violation_s = None
         self.scores = []
+        self.frame_times = []
         score_chunk = monitor.on_chunk_samples
+        take_frame = monitor.on_camera
 
         def on_chunk_samples(stamp, times_from_start, samples, now):
             result = score_chunk(stamp, times_from_start, samples, now)
@@ -222,7 +226,12 @@ class MonitorEvalStack(LockstepStack):
                 self.scores.append((float(now), float(result.score)))
             return result
 
+        def on_camera(stamp, now, image=None):
+            self.frame_times.append(float(now))
+            return take_frame(stamp, now, image)
+
         monitor.on_chunk_samples = on_chunk_samples  # keep each score with its time
+        monitor.on_camera = on_camera  # and when the monitor saw frames
         return monitor
 
     def _control_step(self, stats, monitor, cap) -> None:
@@ -245,6 +254,7 @@ class Outcome:
     onset_s: Optional[float]
     alarms: List[Tuple[float, str, str]] = field(default_factory=list)  # (time, mode, reason)
     scores: List[Tuple[float, float]] = field(default_factory=list)  # (time, score)
+    last_frame_s: float = float('nan')  # when the monitor saw the episode's last frame
 
     @property
     def max_score(self) -> float:
@@ -259,8 +269,8 @@ class Outcome:
 
     @property
     def exposed(self) -> bool:
-        """Return True if the OOD condition (if any) started during the episode."""
-        return self.onset_s is not None
+        """Return True if the monitor saw a frame under the OOD condition (if any)."""
+        return self.onset_s is not None and self.last_frame_s >= self.onset_s - 1e-9
 
     def detection(self) -> Optional[Tuple[float, str, str]]:
         """Return the first alarm at or after the onset, or None."""
@@ -317,7 +327,7 @@ def run_one(stack: MonitorEvalStack, name: str, seed: int) -> Outcome:
     monitor = stack.last_monitor
     return Outcome(name, seed, bool(r.success), int(r.violations), float(r.duration_s),
                    stack.first_violation_s, stack.hook.onset_s, _alarms(monitor),
-                   list(stack.scores))
+                   list(stack.scores), max(stack.frame_times, default=float('nan')))
 
 
 def _median(values: Sequence[float]) -> float:

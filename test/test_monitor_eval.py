@@ -89,16 +89,19 @@ def test_occlusion_and_frozen_frame_patch_the_camera_until_reset(world):
 
 def test_outcome_rules():
     alarm = (2.0, 'SLOW', 'consistency score 5 above slow threshold 3')
-    late = Outcome('frozen_frame', 1, False, 0, 15.0, None, 1.5, [alarm])
+    late = Outcome('frozen_frame', 1, False, 0, 15.0, None, 1.5, [alarm], last_frame_s=14.9)
     assert late.detection() == alarm and late.latency_s == pytest.approx(0.5)
     assert not late.pre_onset_alarm and late.adverse and late.detected_before_adverse
-    early = Outcome('frozen_frame', 2, True, 0, 6.0, None, 2.5, [alarm])
+    early = Outcome('frozen_frame', 2, True, 0, 6.0, None, 2.5, [alarm], last_frame_s=5.9)
     assert early.detection() is None and early.pre_onset_alarm and not early.adverse
-    after_violation = Outcome('lighting', 3, True, 4, 6.0, 1.0, 0.0, [alarm])
+    after_violation = Outcome('lighting', 3, True, 4, 6.0, 1.0, 0.0, [alarm], last_frame_s=5.9)
     assert after_violation.detection() == alarm and not after_violation.detected_before_adverse
     fp = Outcome('nominal', 4, True, 0, 6.0, None, None, [alarm])
     quiet = Outcome('nominal', 5, True, 0, 6.0, None, None, [])
-    ood = {'frozen_frame': [late, early], 'lighting': [after_violation]}
+    # Solved by the onset: the condition began, but the monitor never saw a frame of it.
+    unseen = Outcome('frozen_frame', 6, True, 0, 1.5, None, 1.5, [], last_frame_s=1.4)
+    assert not unseen.exposed and late.exposed
+    ood = {'frozen_frame': [late, early, unseen], 'lighting': [after_violation]}
     line = summary_line([fp, quiet], ood)
     m = LAST_LINE.match(line)
     assert m, line
@@ -134,8 +137,9 @@ def test_table_reports_chance_level_from_the_nominal_twin():
     from genpolicy_ros.monitor_eval import table
     slow = (3.0, 'SLOW', 'consistency score 4 above slow threshold 3.3')
     hold = (3.1, 'HOLD', 'consistency score 5 above threshold 4.1 for 2 consecutive decision(s)')
-    twin = Outcome('nominal', 7, False, 0, 15.0, None, None, [slow])
-    ood = Outcome('frozen_frame', 7, False, 0, 15.0, None, 1.5, [slow, hold], [(3.0, 5.0)])
+    twin = Outcome('nominal', 7, False, 0, 15.0, None, None, [slow], last_frame_s=14.9)
+    ood = Outcome('frozen_frame', 7, False, 0, 15.0, None, 1.5, [slow, hold], [(3.0, 5.0)],
+                  last_frame_s=14.9)
     lines = table([twin], {'frozen_frame': [ood]}, scenarios(), 10.0, 4.0)
     row = next(line for line in lines if line.startswith('frozen_frame')).split()
     # scenario onset eps exp TPR TPR0 TPR_H lat_s pre det<bad success viol max/thr via

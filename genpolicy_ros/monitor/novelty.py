@@ -2,16 +2,20 @@
 
 The consistency score sees only what the policy outputs; a policy can be confidently wrong on
 an image unlike its training data (another object colour, other light, an occluded view, a
-camera that was bumped). So the monitor also looks at each camera frame itself:
+camera that was bumped) or in a world that changed behind its back. So the monitor also looks
+at each camera frame itself:
 
-* **Novelty**: three components, each a distance to the training frames (fitted once, on the
-  policy's demonstrations) divided by its own 99th percentile there; the score is the largest:
+* **Novelty**: four components, each a distance divided by its own 99th percentile on the
+  policy's demonstrations (fitted once); the score is the largest:
   the policy encoder's features (spatial-softmax keypoints + last-layer channel means,
   Mahalanobis to their training mean with a shrunk covariance) - unlike training *to the
-  policy*; a hue histogram - colours the nearly colour-blind encoder does not separate; and
-  the arm's position: the keypoints read the TCP's xy (a ridge regression fitted on the
-  demos) and forward kinematics of the measured joints gives it too - when the two disagree
-  for ``arm_window_frames`` frames, the camera is not where it was in training.
+  policy*; a hue histogram - colours the nearly colour-blind encoder does not separate;
+  the arm's position: ridge regressions on quadratic keypoint features read where the image
+  shows the TCP and the cube; forward kinematics of the measured joints gives the TCP too -
+  when the two disagree for ``arm_window_frames`` frames, the camera is not where it was in
+  training; and the cube's motion: the cube read from the image moved further between two
+  frames than the TCP did while it is out of the TCP's reach - something other than the arm
+  moved it (kept for ``cube_window_frames`` frames).
   ``hold_consecutive_frames`` frames in a row above the calibrated threshold raise a hard
   fault (HOLD). The threshold is calibrated split-conformally on exactly that statistic (see
   :func:`run_statistic`).
@@ -26,7 +30,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -35,14 +39,20 @@ from genpolicy_ros.monitor.watchdogs import Fault, FaultKind
 
 PathLike = Union[str, Path]
 FEATURE_DEFINITION = (
-    'novelty-v2: max over components of (distance / its 99th percentile on the fit frames); '
+    'novelty-v3: max over components of (distance / its 99th percentile on the fit frames); '
     'encoder: Mahalanobis / sqrt(D) of the policy encoder keypoints + last-layer channel means; '
     'colour: Mahalanobis / sqrt(D) of the sqrt chroma-weighted hue histogram (16 bins, chroma '
-    '> 30); arm: |TCP xy read from the keypoints (ridge) - TCP xy from the joints| [m], mean '
-    'of the last arm_window_frames frames')
+    '> 30); arm: |TCP xy read from quadratic keypoint features (ridge) - TCP xy from the '
+    'joints| [m], mean of the last arm_window_frames frames; cube: max(0, |step of the median '
+    'of 3 cube xy readings| - |TCP xy step|) [m] while the cube is beyond '
+    'cube_contact_radius_m of the TCP (scale: ungated), max of the last cube_window_frames '
+    'frames')
 HUE_BINS = 16
 MIN_CHROMA = 30.0           # intensity levels; greys (the arm, shadows) carry no hue
-COMPONENTS = ('encoder', 'colour', 'arm')
+COMPONENTS = ('encoder', 'colour', 'arm', 'cube')
+# Floors of the component scales: a tiny fit must not make 1 mm of reading noise a fault.
+MIN_SCALES = np.array([1e-6, 1e-6, 1e-3, 1e-3])
+CUBE_MEDIAN_FRAMES = 3      # cube readings a median is taken over (outvotes one bad reading)
 Q_HISTORY = 512             # joint states kept to pair with frames (2 s at 250 Hz)
 
 
@@ -53,6 +63,8 @@ class NoveltyConfig:
     model_file: str
     hold_consecutive_frames: int
     arm_window_frames: int
+    cube_window_frames: int
+    cube_contact_radius_m: float
     frozen_max_block_diff: float
     frozen_motion_rad: float
 
@@ -60,9 +72,12 @@ class NoveltyConfig:
     def from_dict(cls, params: Mapping[str, Any]) -> 'NoveltyConfig':
         """Build from a parameter mapping; every key is required."""
         cfg = cls(**take(params, cls, 'novelty'))
-        if cfg.hold_consecutive_frames < 1 or cfg.arm_window_frames < 1:
-            raise ValueError('novelty.hold_consecutive_frames and novelty.arm_window_frames '
-                             'must be >= 1')
+        if min(cfg.hold_consecutive_frames, cfg.arm_window_frames,
+               cfg.cube_window_frames) < 1:
+            raise ValueError('novelty.hold_consecutive_frames, novelty.arm_window_frames and '
+                             'novelty.cube_window_frames must be >= 1')
+        if cfg.cube_contact_radius_m < 0.0:
+            raise ValueError('novelty.cube_contact_radius_m must be >= 0')
         if cfg.frozen_max_block_diff < 0.0 or cfg.frozen_motion_rad <= 0.0:
             raise ValueError('novelty.frozen_max_block_diff must be >= 0 and '
                              'novelty.frozen_motion_rad > 0')
@@ -113,24 +128,31 @@ class Gaussian:
 
 
 class FeatureNoveltyModel:
-    """What the training frames looked like, in three components (see FEATURE_DEFINITION).
+    """What the training frames looked like, in four components (see FEATURE_DEFINITION).
 
     * ``encoder``: the policy encoder's features - unlike training to the policy itself;
     * ``colour``: a hue histogram - the encoder is nearly colour-blind (a blue cube);
     * ``arm``: where the keypoints put the TCP vs where the joint encoders put it - the
-      camera has moved, or the picture is not of this arm (visual-proprioceptive mismatch).
+      camera has moved, or the picture is not of this arm (visual-proprioceptive mismatch);
+    * ``cube``: the cube read from the keypoints moved further than the TCP did - something
+      other than the arm moved it (the only thing that pushes it in this task is the arm).
 
-    Each component's distance is divided by its 99th percentile on the fit frames, so the
-    largest of them is one unitless score with one calibrated threshold.
+    Per frame, :meth:`readings` gives the two image distances and the TCP / cube positions the
+    image shows; :class:`SceneTrack` turns a stream of readings into the arm and cube
+    components. Each component is divided by its 99th percentile on the fit frames, so the
+    largest is one unitless score with one calibrated threshold.
     """
 
     def __init__(self, encoder, encoder_gauss: Gaussian, colour_gauss: Gaussian,
-                 arm_weights: np.ndarray, scales: np.ndarray, checkpoint: str, n_fit: int,
-                 shrinkage: float) -> None:
+                 arm_weights: np.ndarray, cube_weights: np.ndarray, scales: np.ndarray,
+                 checkpoint: str, n_fit: int, shrinkage: float) -> None:
         self.encoder = encoder
         self.encoder_gauss = encoder_gauss
         self.colour_gauss = colour_gauss
         self.arm_weights = np.asarray(arm_weights, dtype=np.float64)
+        self.cube_weights = np.asarray(cube_weights, dtype=np.float64)
+        if self.arm_weights.shape != self.cube_weights.shape:
+            raise ValueError('arm and cube read-out weights must have one shape')
         self.scales = np.asarray(scales, dtype=np.float64)
         if self.scales.shape != (len(COMPONENTS),) or np.any(self.scales <= 0.0):
             raise ValueError(f'scales must be {len(COMPONENTS)} positive numbers')
@@ -138,6 +160,7 @@ class FeatureNoveltyModel:
         self.n_fit = int(n_fit)
         self.shrinkage = float(shrinkage)
         self._kinematics = None
+        self.ridge = float('nan')  # the read-outs' ridge strength (set by fit)
 
     @property
     def image_size_px(self) -> int:
@@ -154,6 +177,11 @@ class FeatureNoveltyModel:
         encoder.image_size_px = int(net.cfg.image_size_px)
         return encoder
 
+    @staticmethod
+    def n_keypoint_coords(encoder) -> int:
+        """Return how many leading encoder features are keypoint coordinates."""
+        return 2 * int(encoder.keypoints.proj.out_channels)
+
     def tcp_xy(self, q: np.ndarray) -> np.ndarray:
         """Return the (B, 2) TCP xy [m] of joint positions (B, 7) by forward kinematics."""
         if self._kinematics is None:
@@ -162,25 +190,29 @@ class FeatureNoveltyModel:
         q = np.atleast_2d(np.asarray(q, dtype=float))
         return np.stack([self._kinematics.ee_pose(qi)[0][:2] for qi in q])
 
-    def raw_components(self, images: np.ndarray,
-                       q: Optional[np.ndarray]) -> np.ndarray:
-        """Return (B, 3) unscaled distances: encoder, colour, arm error [m] (nan without q)."""
+    def readings(self, images: np.ndarray, q: Optional[np.ndarray]) -> FrameReadings:
+        """Return what each frame (B, H, W, 3) shows, seen at joint positions ``q`` (B, 7)."""
         feats = encoder_features(self.encoder, images)
-        out = np.full((len(feats), len(COMPONENTS)), np.nan)
-        out[:, 0] = self.encoder_gauss.distances(feats)
-        out[:, 1] = self.colour_gauss.distances(hue_histogram(images))
-        if q is not None:
-            read = _with_bias(feats[:, :self.n_keypoint_coords]) @ self.arm_weights
-            out[:, 2] = np.linalg.norm(read - self.tcp_xy(q), axis=1)
+        design = read_out_design(feats[:, :self.n_keypoint_coords(self.encoder)])
+        tcp_fk = (np.full((len(feats), 2), np.nan) if q is None else self.tcp_xy(q))
+        return FrameReadings(self.encoder_gauss.distances(feats),
+                             self.colour_gauss.distances(hue_histogram(images)),
+                             design @ self.arm_weights, tcp_fk, design @ self.cube_weights)
+
+    def raw_components(self, images: np.ndarray, q: Optional[np.ndarray]) -> np.ndarray:
+        """Return (B, 4) unscaled per-frame distances of unrelated frames.
+
+        Encoder, colour, arm error [m] (nan without ``q``); the cube column is nan - cube
+        motion needs consecutive frames (:class:`SceneTrack`).
+        """
+        r = self.readings(images, q)
+        out = np.full((len(r.encoder), len(COMPONENTS)), np.nan)
+        out[:, 0], out[:, 1] = r.encoder, r.colour
+        out[:, 2] = np.linalg.norm(r.tcp_read - r.tcp_fk, axis=1)
         return out
 
-    @property
-    def n_keypoint_coords(self) -> int:
-        """Return how many leading encoder features are keypoint coordinates."""
-        return self.arm_weights.shape[0] - 1
-
     def distances(self, images: np.ndarray, q: Optional[np.ndarray] = None) -> np.ndarray:
-        """Return the (B,) per-frame scores (max of scaled components, arm unsmoothed)."""
+        """Return the (B,) per-frame scores of unrelated frames (max of scaled components)."""
         return np.nanmax(self.raw_components(images, q) / self.scales, axis=1)
 
     def distance(self, image: np.ndarray, q: Optional[np.ndarray] = None) -> float:
@@ -189,31 +221,91 @@ class FeatureNoveltyModel:
                                     None if q is None else np.asarray(q)[None])[0])
 
     @classmethod
-    def fit(cls, checkpoint: str, images: np.ndarray, q: np.ndarray, shrinkage: float = 0.05,
-            batch: int = 256, ridge: float = 1e-3) -> 'FeatureNoveltyModel':
-        """Fit every component on nominal frames (M, H, W, 3) and their joint positions (M, 7)."""
+    def fit(cls, checkpoint: str, episodes: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+            shrinkage: float = 0.05, batch: int = 256,
+            ridges: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> 'FeatureNoveltyModel':
+        """Fit every component on nominal episodes.
+
+        ``episodes`` yields ``(frames (T, H, W, 3) uint8, joint positions (T, 7), cube xy
+        (T, 2) [m])`` of consecutive frames (one per decision, as recorded in the demos); it is
+        read once, so a generator keeps only one episode's images in memory. The read-outs'
+        ridge strength is chosen among ``ridges`` by two-fold cross-validation over episodes.
+        """
         if not 0.0 <= shrinkage < 1.0:
             raise ValueError(f'shrinkage must be in [0, 1), got {shrinkage}')
-        if len(q) != len(images):
-            raise ValueError(f'{len(q)} joint positions for {len(images)} frames')
         encoder = cls.load_encoder(checkpoint)
-        feats = np.concatenate([encoder_features(encoder, images[i:i + batch])
-                                for i in range(0, len(images), batch)])
-        hues = np.concatenate([hue_histogram(images[i:i + batch])
-                               for i in range(0, len(images), batch)])
-        n_kp = 2 * int(encoder.keypoints.proj.out_channels)
-        probe = cls(encoder, Gaussian.fit(feats, shrinkage), Gaussian.fit(hues, shrinkage),
-                    np.zeros((n_kp + 1, 2)), np.ones(len(COMPONENTS)), checkpoint, len(feats),
-                    shrinkage)
-        # Ridge regression keypoints -> TCP xy: where the camera sees the arm.
-        design = _with_bias(feats[:, :n_kp])
-        target = probe.tcp_xy(q)
-        probe.arm_weights[:] = np.linalg.solve(design.T @ design + ridge * np.eye(n_kp + 1),
-                                               design.T @ target)
+        n_kp = cls.n_keypoint_coords(encoder)
+        probe = cls(encoder, None, None, np.zeros((1, 2)), np.zeros((1, 2)),
+                    np.ones(len(COMPONENTS)), checkpoint, 0, shrinkage)
+        feats, hues, tcp, cube, lengths = [], [], [], [], []
+        for images, q, cube_xy in episodes:
+            if not len(q) == len(images) == len(cube_xy):
+                raise ValueError(f'{len(images)} frames, {len(q)} joint positions and '
+                                 f'{len(cube_xy)} cube positions in one episode')
+            for i in range(0, len(images), batch):
+                feats.append(encoder_features(encoder, images[i:i + batch]))
+                hues.append(hue_histogram(images[i:i + batch]))
+            tcp.append(probe.tcp_xy(q))
+            cube.append(np.asarray(cube_xy, dtype=float)[:, :2])
+            lengths.append(len(images))
+        if len(lengths) < 2:
+            raise ValueError(f'{len(lengths)} episode(s): the novelty model needs at least 2 '
+                             f'(its position read-outs are scaled on held-out episodes)')
+        feats, hues = np.concatenate(feats), np.concatenate(hues)
+        tcp, cube = np.concatenate(tcp), np.concatenate(cube)
+        probe.encoder_gauss = Gaussian.fit(feats, shrinkage)
+        probe.colour_gauss = Gaussian.fit(hues, shrinkage)
+        # Ridge regressions from quadratic keypoint features to where the camera sees the TCP
+        # and the cube (linear keypoints read the TCP to 2 cm at the 99th percentile, these to
+        # 1 cm). Two folds by episode give out-of-sample readings for the scales (with ~2000
+        # features a small fit would read its own frames perfectly); the model keeps the
+        # weights fitted on all. Normal equations are accumulated in blocks: 60000 frames x
+        # 2000 features would not fit in memory.
+        starts = np.cumsum([0] + lengths)
+        fold = np.repeat(np.arange(len(lengths)) % 2, lengths)
+        targets = np.column_stack([tcp, cube])
+        n_design = read_out_design(feats[:1, :n_kp]).shape[1]
+        gram = np.zeros((2, n_design, n_design))
+        rhs = np.zeros((2, n_design, 4))
+        for i in range(0, len(feats), 4096):
+            design = read_out_design(feats[i:i + 4096, :n_kp])
+            for f in (0, 1):
+                rows = fold[i:i + 4096] == f
+                gram[f] += design[rows].T @ design[rows]
+                rhs[f] += design[rows].T @ targets[i:i + 4096][rows]
+        # The ridge strength with the smallest held-out reading error (a small fit needs a
+        # strong one, 60000 frames almost none).
+        best = None
+        for lam in ridges:
+            eye = lam * np.eye(n_design)
+            w = [np.linalg.solve(gram[1 - f] + eye, rhs[1 - f]) for f in (0, 1)]
+            err = 0.0
+            for i in range(0, len(feats), 4096):
+                design = read_out_design(feats[i:i + 4096, :n_kp])
+                for f in (0, 1):
+                    rows = fold[i:i + 4096] == f
+                    diff = design[rows] @ w[f] - targets[i:i + 4096][rows]
+                    err += float(np.linalg.norm(diff[:, :2], axis=1).sum()
+                                 + np.linalg.norm(diff[:, 2:], axis=1).sum())
+            if best is None or err < best[0]:
+                best = (err, lam, w)
+        _, lam, held_out = best
+        weights = np.linalg.solve(gram.sum(axis=0) + lam * np.eye(n_design), rhs.sum(axis=0))
+        probe.arm_weights, probe.cube_weights = weights[:, :2], weights[:, 2:]
+        probe.ridge = float(lam)
+        arm_err, cube_jump = [], []
+        for e, n in enumerate(lengths):
+            rows = slice(starts[e], starts[e] + n)
+            read = read_out_design(feats[rows, :n_kp]) @ held_out[e % 2]
+            track = SceneTrack(1, 1)  # ungated: the scale is the reading's own step noise
+            for tr, tf, cr in zip(read[:, :2], tcp[rows], read[:, 2:]):
+                a, c = track.push(tr, tf, cr)
+                arm_err.append(a)
+                cube_jump.append(c)
         raw = np.column_stack([probe.encoder_gauss.distances(feats),
-                               probe.colour_gauss.distances(hues),
-                               np.linalg.norm(design @ probe.arm_weights - target, axis=1)])
-        probe.scales = np.quantile(raw, 0.99, axis=0)
+                               probe.colour_gauss.distances(hues), arm_err, cube_jump])
+        probe.scales = np.maximum(np.quantile(raw, 0.99, axis=0), MIN_SCALES)
+        probe.n_fit = len(feats)
         return probe
 
     def save(self, path: PathLike) -> Path:
@@ -225,7 +317,7 @@ class FeatureNoveltyModel:
             encoder_precision=self.encoder_gauss.precision.astype(f32),
             colour_mean=self.colour_gauss.mean.astype(f32),
             colour_precision=self.colour_gauss.precision.astype(f32),
-            arm_weights=self.arm_weights, scales=self.scales,
+            arm_weights=self.arm_weights, cube_weights=self.cube_weights, scales=self.scales,
             checkpoint=np.array(self.checkpoint), n_fit=np.array(self.n_fit),
             shrinkage=np.array(self.shrinkage), definition=np.array(FEATURE_DEFINITION))
         return path
@@ -246,12 +338,74 @@ class FeatureNoveltyModel:
                                 data[f'{name}_precision'].astype(np.float64))
                  for name in ('encoder', 'colour')}
             return cls(cls.load_encoder(checkpoint), g['encoder'], g['colour'],
-                       data['arm_weights'], data['scales'], checkpoint, int(data['n_fit']),
-                       float(data['shrinkage']))
+                       data['arm_weights'], data['cube_weights'], data['scales'], checkpoint,
+                       int(data['n_fit']), float(data['shrinkage']))
 
 
-def _with_bias(x: np.ndarray) -> np.ndarray:
-    return np.column_stack([np.ones(len(x)), x])
+@dataclass(frozen=True)
+class FrameReadings:
+    """What frames show (B rows): image distances and positions read from the keypoints."""
+
+    encoder: np.ndarray      # (B,) Mahalanobis / sqrt(D) of the encoder features
+    colour: np.ndarray       # (B,) Mahalanobis / sqrt(D) of the hue histogram
+    tcp_read: np.ndarray     # (B, 2) TCP xy the image shows [m]
+    tcp_fk: np.ndarray       # (B, 2) TCP xy of the measured joints [m] (nan: none)
+    cube_read: np.ndarray    # (B, 2) cube xy the image shows [m]
+
+
+class SceneTrack:
+    """The arm and cube components over a stream of consecutive frames (pure, per stream).
+
+    * arm: ``|TCP read - TCP from the joints|``, mean of the last ``arm_window`` frames (one
+      frame jitters with motion blur and joint-state lag; a moved camera shifts them all);
+    * cube: how much further the cube moved than the TCP from one frame to the next,
+      ``max(0, |m_t - m_t-1| - |tcp_t - tcp_t-1|)`` with ``m`` the median of the last
+      ``CUBE_MEDIAN_FRAMES`` cube readings (one bad reading is outvoted), counted only when
+      the cube is now more than ``contact_radius_m`` from the TCP: within it the arm may be
+      pushing the cube, and the fingers hide it (the reading then snaps toward the TCP for a
+      few frames). The component is its maximum over the last ``cube_window`` frames, so a
+      jump stays visible long enough for the frames-in-a-row rule.
+    """
+
+    def __init__(self, arm_window: int, cube_window: int, contact_radius_m: float = 0.0) -> None:
+        if arm_window < 1 or cube_window < 1:
+            raise ValueError('windows must be >= 1 frame')
+        self.arm_window = int(arm_window)
+        self.cube_window = int(cube_window)
+        self.contact_radius_m = float(contact_radius_m)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream (a new episode, or after a gap)."""
+        self._arm: Deque[float] = deque(maxlen=self.arm_window)
+        self._cube_reads: Deque[np.ndarray] = deque(maxlen=CUBE_MEDIAN_FRAMES)
+        self._jumps: Deque[float] = deque(maxlen=self.cube_window)
+        self._last: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (median cube, tcp fk)
+
+    def push(self, tcp_read: np.ndarray, tcp_fk: np.ndarray,
+             cube_read: np.ndarray) -> Tuple[float, float]:
+        """Add one frame's readings; return ``(arm [m], cube [m])`` (nan: no joints yet)."""
+        tcp_fk = np.asarray(tcp_fk, dtype=float)
+        if not np.all(np.isfinite(tcp_fk)):
+            return float('nan'), float('nan')
+        self._arm.append(float(np.linalg.norm(np.asarray(tcp_read) - tcp_fk)))
+        self._cube_reads.append(np.asarray(cube_read, dtype=float))
+        median = np.median(np.stack(self._cube_reads), axis=0)
+        if self._last is not None:
+            moved = float(np.linalg.norm(median - self._last[0]))
+            pushed = float(np.linalg.norm(tcp_fk - self._last[1]))
+            apart = float(np.linalg.norm(median - tcp_fk)) > self.contact_radius_m
+            self._jumps.append(max(0.0, moved - pushed) if apart else 0.0)
+        self._last = (median, tcp_fk)
+        cube = max(self._jumps) if self._jumps else 0.0
+        return float(np.mean(self._arm)), float(cube)
+
+
+def read_out_design(keypoints: np.ndarray) -> np.ndarray:
+    """Return the (B, 1 + K + K(K+1)/2) design of the position read-outs: 1, k, k_i k_j."""
+    k = np.asarray(keypoints, dtype=np.float64)
+    i, j = np.triu_indices(k.shape[1])
+    return np.column_stack([np.ones(len(k)), k, k[:, i] * k[:, j]])
 
 
 def encoder_features(encoder, images: np.ndarray) -> np.ndarray:
@@ -304,7 +458,8 @@ class CameraContentChecks:
         self.last_distance: Optional[float] = None
         self.last_component = ''
         self.consecutive_above = 0
-        self._arm_errors: List[float] = []
+        self.track = SceneTrack(config.arm_window_frames, config.cube_window_frames,
+                                config.cube_contact_radius_m)
         self._small: Optional[np.ndarray] = None
         self._q_at_change: Optional[np.ndarray] = None
         self._q: Optional[np.ndarray] = None
@@ -347,13 +502,9 @@ class CameraContentChecks:
         if self.model is None or img.shape[:2] != (self.model.image_size_px,) * 2:
             return None  # the policy refuses such frames too (its node reports them)
         q = self.joints_at(stamp)
-        raw = self.model.raw_components(img[None], None if q is None else q[None])[0]
-        if np.isfinite(raw[2]):
-            # One frame's reading jitters with the arm's motion blur and the joint state's
-            # lag; a moved camera shifts every frame's reading.
-            self._arm_errors = (self._arm_errors + [float(raw[2])])[
-                -self.config.arm_window_frames:]
-            raw[2] = float(np.mean(self._arm_errors))
+        r = self.model.readings(img[None], None if q is None else q[None])
+        arm, cube = self.track.push(r.tcp_read[0], r.tcp_fk[0], r.cube_read[0])
+        raw = np.array([r.encoder[0], r.colour[0], arm, cube])
         scaled = raw / self.model.scales
         worst = int(np.nanargmax(scaled))
         d = float(scaled[worst])
@@ -382,7 +533,8 @@ class CameraContentChecks:
 
 
 _WHY = {'encoder': 'to the policy\'s encoder', 'colour': 'colours',
-        'arm': 'the arm is not where the joints put it: camera moved?'}
+        'arm': 'the arm is not where the joints put it: camera moved?',
+        'cube': 'the cube moved without the arm pushing it'}
 
 
 def _downsample(image: np.ndarray, size: int = 24) -> np.ndarray:
