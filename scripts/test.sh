@@ -2,6 +2,8 @@
 # Install everything (see setup_venv.sh) and run the default test suite (lint included).
 # Long training/evaluation jobs are marked `slow` and excluded here; run them with
 #   .venv/bin/python -m pytest -m slow
+# The fast subset of the fault-injection suite runs last; all of it (`fault_full` too) with
+#   .venv/bin/python -m pytest test/fault_injection -m fault_injection
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh

@@ -4,6 +4,7 @@ import dataclasses
 import os
 from pathlib import Path
 import sys
+from typing import List
 
 import pytest
 
@@ -14,6 +15,17 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault('QT_QPA_PLATFORM', 'offscreen')
 # Keep test graphs apart from anything else on the machine (other runs, a user's demo).
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: List[pytest.Item]) -> None:
+    """Run the fault-injection suite last (stable order otherwise).
+
+    Its attacked graph (node processes on PyBullet, relays in this process) loads both cores
+    while it runs; the process-graph tests (test_bringup, test_sim_node) must not share the
+    machine with it. Its fixtures end it with its last test (package scope).
+    """
+    items[:] = sorted(items, key=lambda item: 'fault_injection' in item.keywords)
 
 
 # Safety-filter fixtures (test modules that need other meanings of these names define their own).

@@ -148,7 +148,8 @@ def test_node_processes_drive_the_arm_and_end_with_the_graph(tmp_path):
             assert graph.mode() == Mode.HOLD
             reply = graph.release_hold()
             assert 'accepted' in reply.lower(), reply
-            assert wait_for(lambda: graph.mode() != Mode.HOLD, 5.0, 0.05), graph.mode()
+            # Generous: on a loaded machine the mode takes its time to reach the watcher.
+            assert wait_for(lambda: graph.mode() != Mode.HOLD, 30.0, 0.05), graph.mode()
             released = [t for t in graph.watcher.transitions if t[0] == 'HOLD']
             assert released and 'operator reset' in released[-1][2], graph.watcher.transitions
             for topic in OUTPUTS:
@@ -170,8 +171,13 @@ def test_node_processes_drive_the_arm_and_end_with_the_graph(tmp_path):
             for topic, (_, node) in OUTPUTS.items():
                 assert probe.count(topic) > 10, f'{node} does not publish {topic}'
             assert moved() > 0.02, f'the EE moved only {moved() * 100:.1f} cm in 60 s'
-        stats = graph.stats()
-        assert stats.chunks > 0 and stats.filter_steps > 100 and stats.driver['commands'] > 100
+
+        def flowed() -> bool:
+            stats = graph.stats()
+            return stats.chunks > 0 and stats.filter_steps > 100 and stats.driver['commands'] > 100
+        # The nodes report their counters on /diagnostics once a second: wait for a report that
+        # covers the motion above, against a deadline a loaded machine meets.
+        assert wait_for(flowed, 30.0, 0.2), graph.stats()
         # A node that dies is named, with the end of its log.
         graph.procs['policy_node'].kill9()
         with pytest.raises(NodeDied) as died:
@@ -181,7 +187,7 @@ def test_node_processes_drive_the_arm_and_end_with_the_graph(tmp_path):
     finally:
         graph.shutdown()
     assert not any(proc.alive for proc in graph.procs.values())
-    assert wait_for(lambda: not _group_members(pgids), 10.0, 0.1), _group_members(pgids)
+    assert wait_for(lambda: not _group_members(pgids), 30.0, 0.1), _group_members(pgids)
 
 
 def _arm_q(probe: Probe) -> np.ndarray:

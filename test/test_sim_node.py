@@ -49,12 +49,12 @@ def graph():
 def test_joint_states_and_camera_flow(graph):
     probe, _, sim = graph
     probe.clear('/joint_states')
-    time.sleep(1.0)
-    n = probe.count('/joint_states')
-    assert n >= 10, f'only {n} joint states in 1 s'  # flow; the rate is a benchmark's job
+    # Flow, waited for against a deadline a loaded machine meets; the rate is a benchmark's job.
+    assert wait_for(lambda: probe.count('/joint_states') >= 10, 10.0), \
+        f"only {probe.count('/joint_states')} joint states in 10 s"
     msg = probe.last('/joint_states')
     assert msg.name[:7] == ARM and len(msg.position) == 9 and len(msg.velocity) == 9
-    assert wait_for(lambda: probe.count('/camera/color/image_raw') >= 3, 5.0)
+    assert wait_for(lambda: probe.count('/camera/color/image_raw') >= 3, 20.0)
     img = cv.image_to_numpy(probe.last('/camera/color/image_raw'))
     info = probe.last('/camera/color/camera_info')
     assert img.shape == (info.height, info.width, 3)
@@ -102,12 +102,32 @@ def test_command_moves_the_arm_and_stale_command_decelerates_to_hold(graph):
     moved = _q(probe)[0] - q0[0]
     assert moved >= 0.08, f'joint 1 moved only {moved:.3f} rad'
     # Commander goes silent: the driver must bring the arm to rest, not keep going.
-    time.sleep(1.0)
-    assert np.max(np.abs(_dq(probe))) < 0.02
+    assert wait_for(lambda: np.max(np.abs(_dq(probe))) < 0.02, 5.0), _dq(probe)
     q_rest = _q(probe)
     time.sleep(0.3)
     assert np.max(np.abs(_q(probe) - q_rest)) < 1e-3, 'arm drifts while holding'
     assert sim.stats['stale_holds'] >= 1
+
+
+def test_a_command_resent_unchanged_is_not_followed_past_its_position(graph):
+    # The monitor re-sends the newest safe command every tick until it is stale. A copy is not
+    # a successor: the driver follows a command's velocity for its coasting time, then stops
+    # at its position, however often it is re-sent (else the arm runs on past where the filter
+    # checked it).
+    probe, pub, sim = graph
+    q0 = _q(probe)
+    v = np.zeros(7)
+    v[0] = 0.3  # rad/s on joint 1
+    msg = cv.make_joint_state(ARM, probe.get_clock().now().to_msg(), q0 + 0.01 * v, v)
+    t_end = time.monotonic() + 1.0
+    while time.monotonic() < t_end:
+        pub.publish(msg)
+        time.sleep(0.01)
+    # Followed at 0.3 rad/s for the whole second it would have moved 0.3 rad; one command
+    # covers 3 mm (one period), plus its coasting period and the servo's deceleration.
+    moved = _q(probe)[0] - q0[0]
+    assert moved < 0.02, f'joint 1 ran on {moved:.3f} rad on a re-sent command'
+    assert wait_for(lambda: np.max(np.abs(_dq(probe))) < 0.02, 5.0), _dq(probe)
 
 
 @pytest.mark.parametrize('case', ['nan', 'inf', 'short', 'wrong_names', 'vel_length'])
@@ -129,9 +149,10 @@ def test_bad_commands_are_refused_and_node_keeps_running(graph, case):
     for _ in range(5):
         pub.publish(msg)
         time.sleep(0.02)
-    assert wait_for(lambda: sim.stats['rejected'] >= before + 5, 2.0)
+    # Deadlines a loaded machine meets (the node's executor thread waits for a core).
+    assert wait_for(lambda: sim.stats['rejected'] >= before + 5, 10.0)
     probe.clear('/joint_states')
-    assert wait_for(lambda: probe.count('/joint_states') > 20, 2.0), 'node stopped publishing'
+    assert wait_for(lambda: probe.count('/joint_states') > 20, 10.0), 'node stopped publishing'
     assert np.max(np.abs(_q(probe) - q0)) < 0.01, 'a refused command moved the arm'
     probe.clear('/diagnostics')
 
@@ -141,7 +162,7 @@ def test_bad_commands_are_refused_and_node_keeps_running(graph, case):
                 if st.name == 'sim_node: driver' and 'refused' in st.message:
                     return True
         return False
-    assert wait_for(reported, 3.0), 'refusal not reported on /diagnostics'
+    assert wait_for(reported, 10.0), 'refusal not reported on /diagnostics'
 
 
 def test_dead_render_process_is_reported_and_restarted_while_joints_flow(graph):
@@ -149,12 +170,12 @@ def test_dead_render_process_is_reported_and_restarted_while_joints_flow(graph):
     pid = sim.camera.pid
     failures = sim.stats['render_failures']
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: sim.stats['render_failures'] > failures, 2.0)
+    assert wait_for(lambda: sim.stats['render_failures'] > failures, 10.0)
     probe.clear('/joint_states')
     probe.clear('/diagnostics')
     # Flowing, not a rate: the restarting render process takes CPU from the node meanwhile,
     # and a loaded CI machine gave 17 messages in 0.5 s, so wait for them instead of timing.
-    assert wait_for(lambda: probe.count('/joint_states') > 20, 5.0), \
+    assert wait_for(lambda: probe.count('/joint_states') > 20, 10.0), \
         'joint states stopped with the renderer'
 
     def reported():
@@ -164,7 +185,7 @@ def test_dead_render_process_is_reported_and_restarted_while_joints_flow(graph):
                 if st.name == 'sim_node: driver' and int(values['render_failures']) > failures:
                     return True
         return False
-    assert wait_for(reported, 3.0), 'render failure not reported on /diagnostics'
+    assert wait_for(reported, 10.0), 'render failure not reported on /diagnostics'
     # A later frame restarts the process and images flow again.
     probe.clear('/camera/color/image_raw')
     assert wait_for(lambda: probe.count('/camera/color/image_raw') >= 3, 20.0)

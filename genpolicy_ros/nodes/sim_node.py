@@ -73,6 +73,7 @@ class SimNode(LifecycleNode):
         self._lock = threading.Lock()
         self._cmd: Optional[tuple] = None           # (q, dq) last valid command
         self._cmd_wall: Optional[float] = None      # monotonic time it arrived
+        self._cmd_first: Optional[float] = None     # ... its first copy (the age the servo uses)
         self._hold_cmd: Optional[tuple] = None      # current decelerating command when stale
         self._last_tick: Optional[float] = None
         self.stats = dict(commands=0, rejected=0, stale_holds=0, ticks=0, frames=0,
@@ -191,8 +192,16 @@ class SimNode(LifecycleNode):
         if dq is None:
             dq = np.zeros_like(q)
         with self._lock:
+            # The monitor re-sends the newest safe command every tick until it is stale: a copy
+            # is not a successor, and must not restart the command's period, or the servo's
+            # coasting bound never ends it and the arm runs on at a velocity the filter chose
+            # for a configuration it has left (past the speed cap where J dq grows on the way).
+            resent = (self._cmd is not None and np.array_equal(q, self._cmd[0])
+                      and np.array_equal(dq, self._cmd[1]))
             self._cmd = (q, dq)
             self._cmd_wall = time.monotonic()
+            if not resent or self._cmd_first is None:
+                self._cmd_first = self._cmd_wall
             self._hold_cmd = None
             self.stats['commands'] += 1
 
@@ -242,7 +251,7 @@ class SimNode(LifecycleNode):
         with self._lock:
             # A stale hold's decelerating command is made for this tick: its position is due now.
             age = (self._servo.period_s if self._hold_cmd is not None
-                   else now - dt - self._cmd_wall)
+                   else now - dt - self._cmd_first)
         if self._servo.reference is None:
             self._servo.reset(self.backend.read_state().q)
         step = 1.0 / self.config.physics_hz

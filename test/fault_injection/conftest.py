@@ -1,4 +1,4 @@
-"""Fixtures of the fault-injection suite: one attacked graph per session, recovered per test.
+"""Fixtures of the fault-injection suite: one attacked graph for it, recovered per test.
 
 Every test here is marked ``fault_injection``; the long ones also ``fault_full``, which the
 default run leaves out (``setup.cfg``). The whole suite::
@@ -71,9 +71,13 @@ def scenario(request) -> Iterator[Scenario]:
         _append({'nodeid': sc.nodeid, 'metrics': sc.metrics})
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='package')
 def fault_graph(tmp_path_factory) -> Iterator[FaultGraph]:
-    """Start the attacked graph once per session (node processes on a private domain)."""
+    """Start the attacked graph once for this package (node processes on a private domain).
+
+    Package scope: it ends with the suite's last test, not with the session, so its processes
+    never load the machine for tests that run after it.
+    """
     log_dir = Path(tmp_path_factory.mktemp('fault_graph'))
     domain, lock = claim_domain(DOMAINS)
     graph = FaultGraph(log_dir, domain)

@@ -45,20 +45,43 @@ def push_line(graph: FaultGraph, speed_mps: float = 0.05,
     return reference
 
 
-def move_nominally(graph: FaultGraph, seconds: float = 1.0, attempts: int = 4) -> float:
-    """Start the nominal push motion, let it run ``seconds``; return the ROS time it started.
+def move_nominally(graph: FaultGraph, seconds: float = 1.0, timeout_s: float = 60.0,
+                   stuck_s: float = 10.0) -> float:
+    """Start the nominal push motion; return the ROS time it started, once it has run ``seconds``.
 
-    The attack must hit a moving arm in NOMINAL, or "the arm held" would prove nothing: on an
-    overloaded machine a watchdog may hold first, so the graph is recovered and tried again.
+    The attack must hit a moving arm in NOMINAL, or "the arm held" would prove nothing: this
+    returns only while the monitor is in NOMINAL (or SLOW) and the arm is moving now. On a
+    loaded machine a watchdog may hold first (a scheduling gap reads as a stale input), so it
+    waits for that state against a generous deadline instead of a fixed number of short tries:
+    the operator resets a HOLD, as beside a real arm, and the motion restarts from where the arm
+    stopped; after ``stuck_s`` without a nominal motion the graph is recovered (episode start).
     """
-    for _ in range(attempts):
-        t0 = graph.now()
+    deadline = time.monotonic() + timeout_s
+
+    def restart() -> Tuple[float, float]:
         graph.policy.reference = push_line(graph)
-        time.sleep(seconds)
-        if graph.observer.mode() in ('NOMINAL', 'SLOW') and max_joint_speed(graph, t0) > 0.01:
-            return t0
+        return graph.now(), time.monotonic()
+    t0, started = restart()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        mode = graph.observer.mode()
+        if mode in ('NOMINAL', 'SLOW'):
+            now = graph.now()
+            if now - t0 >= seconds and max_joint_speed(graph, now - 0.3) > 0.01:
+                return t0
+            if time.monotonic() - started < stuck_s:
+                continue
+        elif time.monotonic() - started < stuck_s:
+            # Stop the reference while held: it must not run ahead of the arm meanwhile.
+            graph.policy.hold_here()
+            if graph.reset_monitor()[0]:
+                t0, started = restart()
+            else:
+                time.sleep(0.25)   # refused: its inputs are not live yet
+            continue
         graph.recover()
-    raise AssertionError(f'no nominal motion after {attempts} attempts (mode '
+        t0, started = restart()
+    raise AssertionError(f'no nominal motion within {timeout_s:.0f} s (mode '
                          f'{graph.observer.mode()}): is the machine overloaded?\n{graph.logs()}')
 
 
@@ -164,20 +187,35 @@ def check_safe(graph: FaultGraph, scenario, t0: float, t1: float = np.inf,
 def commanded_speed(graph: FaultGraph, t0: float, t1: float = np.inf) -> float:
     """Return the largest EE speed [m/s] the driver was commanded in the window.
 
-    Evaluated at the arm's measured configuration when the command arrived (where the driver
-    executes it), not at the command's position target, which may lead the arm.
+    Evaluated where the driver executes each command: at the arm's measured configuration when
+    the command first arrived (not at its position target, which may lead the arm). The monitor
+    re-sends the newest command every tick until it is stale; the driver follows a command for
+    at most its coasting time from its first copy (sim_node), so copies add nothing.
     """
-    tc, _, dq_cmd = graph.observer.command_window(t0, t1)
+    tc, q_cmd, dq_cmd = graph.observer.command_window(t0, t1)
     t, q, _ = graph.observer.arm_window(t0 - 1.0, t1)
     if len(tc) == 0 or len(t) == 0:
         return 0.0
-    idx = np.clip(np.searchsorted(t, tc) - 1, 0, len(t) - 1)
-    return float(graph.analysis.speeds(q[idx], dq_cmd).max())
+    first = np.ones(len(tc), dtype=bool)
+    first[1:] = np.any(q_cmd[1:] != q_cmd[:-1], axis=1) | np.any(dq_cmd[1:] != dq_cmd[:-1], axis=1)
+    idx = np.clip(np.searchsorted(t, tc[first]) - 1, 0, len(t) - 1)
+    return float(graph.analysis.speeds(q[idx], dq_cmd[first]).max())
 
 
-def wait_rest(graph: FaultGraph, timeout_s: float = 10.0, duration_s: float = 0.3) -> bool:
-    """Wait until the arm has been at rest for ``duration_s``."""
-    return wait_for(lambda: graph.at_rest(duration_s), timeout_s, 0.05)
+def wait_rest(graph: FaultGraph, timeout_s: float = 10.0, duration_s: float = 0.3,
+              max_lag_s: float = 0.5) -> bool:
+    """Wait until the arm's joint states show it at rest for the last ``duration_s``.
+
+    Judged on the samples, as :func:`hold_metrics` does: a gap in the joint states or stamps
+    lagging the clock (a loaded machine) is no evidence of rest, so the newest ``duration_s``
+    of samples must all be at rest, the newest no older than ``max_lag_s``.
+    """
+    def rested() -> bool:
+        t1 = graph.now()
+        t, _, dq = graph.observer.arm_window(t1 - duration_s - max_lag_s, t1)
+        return (len(t) > 3 and t1 - t[-1] <= max_lag_s
+                and time_to_rest(t, dq, t[0], settle_s=duration_s) is not None)
+    return wait_for(rested, timeout_s, 0.05)
 
 
 def hold_metrics(graph: FaultGraph, t_timeout: float, t_end: float) -> Dict[str, float]:

@@ -45,7 +45,8 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from genpolicy_ros.nodes import conversions as cv
 # The node processes and their parameters: shared with genpolicy-sim (re-exported here).
-from genpolicy_ros.nodes.process import NodeProcess, node_parameters, ros_param_args
+from genpolicy_ros.nodes.process import (NodeProcess, node_parameters, ros_param_args,
+                                         stop_all)
 from genpolicy_ros.nodes.runner import stop_spinning_nodes
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION
 from genpolicy_ros.robot import FrankaModel
@@ -767,11 +768,13 @@ class FaultGraph:
                            + self.logs())
 
     def close(self) -> None:
-        """Stop the processes and the in-process nodes."""
+        """Stop the processes and the in-process nodes (relays, observer: DDS participants)."""
         self.policy.enabled = False
-        for proc in self.procs.values():
-            proc.stop()
-        stop_spinning_nodes(self.executors, self.threads, self.nodes, self.context)
+        try:
+            # All at once: one by one, each waits for the others' shutdown on a loaded machine.
+            stop_all(list(self.procs.values()))
+        finally:
+            stop_spinning_nodes(self.executors, self.threads, self.nodes, self.context)
 
     def logs(self, lines: int = 30) -> str:
         """Return the tail of every node's log (for failure messages)."""

@@ -53,12 +53,15 @@ def test_step_reference_at_10x_the_speed_cap(graph, scenario):
     assert distance / 0.1 >= CAP_FACTOR * cap
     t0 = graph.now()
     with AutoRelease(graph) as operator:
-        time.sleep(distance / cap + 2.0)
+        # distance / cap at the cap; holds on a loaded machine (the operator resets them) make
+        # that longer, so the arrival is waited for against a generous deadline.
+        arrived = wait_for(lambda: np.linalg.norm(graph.ee() - target) < 0.05,
+                           distance / cap + 30.0, 0.05)
     report = check_safe(graph, scenario, t0, requested_speed_mps=distance / 0.1,
                         monitor_resets=operator.resets)
     # The filter slowed the step down to the cap; it did not refuse to move.
     assert report.max_speed_mps >= 0.5 * cap, report
-    assert np.linalg.norm(graph.ee() - target) < 0.05, graph.ee()
+    assert arrived, graph.ee()
 
 
 def test_ramp_reference_at_10x_the_speed_cap(graph, scenario):
