@@ -1,5 +1,6 @@
 """policy_node over real rclpy with the shipped checkpoint: chunks out, bad images refused."""
 
+import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -83,3 +84,38 @@ def test_refuses_wrong_size_and_encoding_and_stops_planning_when_camera_stale(gr
                    or st.name == 'policy_node: policy' and 'no camera' in st.message
                    for a in probe.messages['/diagnostics'] for st in a.status)
     assert wait_for(reported, 3.0)
+
+
+def test_a_decision_waits_for_the_next_camera_frame(graph):
+    probe, node, pub_img, pub_js = graph
+    img = np.zeros((96, 96, 3), np.uint8)
+
+    def await_in_thread(due):
+        done = threading.Event()
+        threading.Thread(target=lambda: (node._await_fresh_frame(due), done.set()),
+                         daemon=True).start()
+        return done
+
+    # No frame comes: the wait ends after frame_wait_s, and the decision uses the newest one.
+    first = probe.get_clock().now().to_msg()
+    pub_img.publish(cv.numpy_to_image(img, first, 'cam'))
+    assert wait_for(lambda: node._image is not None
+                    and node._image[1] == cv.stamp_to_s(first), 3.0)
+    due = time.monotonic()
+    done = await_in_thread(due)
+    assert done.wait(node.frame_wait_s + 3.0)
+    assert node._image[2] < due
+    # A frame comes while it waits: the wait ends with that frame (a generous bound, so the
+    # end comes from the frame, not the timeout).
+    saved, node.frame_wait_s = node.frame_wait_s, 30.0
+    try:
+        due = time.monotonic()
+        done = await_in_thread(due)
+        time.sleep(0.2)
+        assert not done.is_set()
+        stamp = probe.get_clock().now().to_msg()
+        pub_img.publish(cv.numpy_to_image(img, stamp, 'cam'))
+        assert done.wait(10.0)
+        assert node._image[2] >= due and node._image[1] == cv.stamp_to_s(stamp)
+    finally:
+        node.frame_wait_s = saved

@@ -51,6 +51,9 @@ class PolicyNode(Node):
         self.policy_type = str(node_params['policy_type'])
         self.image_timeout_s = float(node_params['image_timeout_s'])
         self.joint_state_timeout_s = float(node_params['joint_state_timeout_s'])
+        self.frame_wait_s = float(node_params['frame_wait_s'])
+        if self.frame_wait_s < 0.0:
+            raise ValueError(f'node.frame_wait_s must be >= 0, got {self.frame_wait_s}')
         self.model = FrankaModel()
         self.joint_names = list(self.model.joint_names)
         if self.policy_type == 'flow':
@@ -60,6 +63,7 @@ class PolicyNode(Node):
         else:
             raise ValueError(f'policy_type must be flow or expert, got {self.policy_type!r}')
         self._lock = threading.Lock()        # inputs
+        self._new_frame = threading.Condition(self._lock)  # notified on every accepted frame
         self._plan_lock = threading.Lock()   # the planner (worker thread vs episode reset)
         self._image: Optional[tuple] = None      # (array, stamp_s, receipt monotonic)
         self._joints: Optional[tuple] = None     # (q, receipt monotonic)
@@ -103,6 +107,7 @@ class PolicyNode(Node):
             return
         with self._lock:
             self._image = (img, cv.stamp_to_s(msg.header.stamp), time.monotonic())
+            self._new_frame.notify_all()
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -147,10 +152,27 @@ class PolicyNode(Node):
             return None
         return obs
 
+    def _await_fresh_frame(self, due: float) -> None:
+        """Wait up to ``frame_wait_s`` for a frame received at or after ``due`` (monotonic).
+
+        Planning on the newest frame at the tick would use one up to a camera period old (plus
+        the tick's own phase); waiting for the next frame makes the chunk start from what the
+        camera sees now, and the camera-to-command latency transport + inference + two gate
+        steps instead of up to a decision period more.
+        """
+        if self.frame_wait_s <= 0.0:
+            return
+        with self._new_frame:
+            self._new_frame.wait_for(
+                lambda: self._stop.is_set() or (self._image is not None
+                                                and self._image[2] >= due),
+                timeout=self.frame_wait_s)
+
     def _run(self) -> None:
         period = 1.0 / self.runtime.decision_rate_hz
         next_tick = time.monotonic()
         while not self._stop.is_set():
+            self._await_fresh_frame(next_tick)
             next_tick += period
             obs = self._observation()
             if obs is None:
@@ -206,6 +228,8 @@ class PolicyNode(Node):
     def destroy_node(self) -> None:
         """Stop the inference thread before the node goes away."""
         self._stop.set()
+        with self._new_frame:
+            self._new_frame.notify_all()  # do not let it sit out a frame wait
         self._worker.join(timeout=2.0)
         super().destroy_node()
 
