@@ -10,6 +10,8 @@ the graph runs for ``--duration`` seconds while this process listens:
   stamped after this process received the chunk used it, and the first arm command stamped
   after that one passed it on. Latency = that arm command's arrival here - the frame's stamp
   (all on the machine's one clock), counted while the monitor passes commands (not in HOLD).
+* its first leg: a chunk's arrival here - its frame's stamp (render, transport, the policy's
+  wait for the frame and inference); the rest is the filter's and the monitor's steps.
 * driver jitter: |interval between arm commands arriving - the monitor's 10 ms period|, as a
   subscriber of the same topic as the driver sees it.
 
@@ -216,6 +218,10 @@ def main(argv=None) -> int:
         latency_ms = loop_latencies(listener) * 1e3
         any_mode_ms = loop_latencies(listener, skip_hold=False) * 1e3
         with listener.lock:
+            # The first leg alone: render, transport, the policy's wait and inference.
+            chunk_ms = (np.asarray(listener.t['chunk'])
+                        - np.asarray(listener.stamp['chunk'])) * 1e3
+        with listener.lock:
             arm_t = np.asarray(listener.t['arm'])
             counts = {k: len(v) for k, v in listener.t.items()}
             modes = [m for _, m in listener.modes]
@@ -234,6 +240,7 @@ def main(argv=None) -> int:
     print(f'{"quantity [ms]":<32} {"p50":>8} {"p99":>8} {"max":>8} {"n":>7}')
     print(_stats('camera stamp -> arm command', latency_ms))
     print(_stats('  (also while holding)', any_mode_ms))
+    print(_stats('camera stamp -> chunk received', chunk_ms))
     print(_stats('driver command period jitter', jitter_ms))
     rates = ', '.join(f'{k} {v / elapsed:.1f} Hz' for k, v in counts.items())
     if len(sim) > 1:
