@@ -5,6 +5,7 @@ expert as policy (the learned policy has its own evaluation), then checks what r
 what the recording holds, and that the node processes live and die with genpolicy-sim.
 """
 
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import re
@@ -12,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, Iterator, List, Tuple
 
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
@@ -196,28 +197,34 @@ def _arm_q(probe: Probe) -> np.ndarray:
     return np.asarray(msg.position)[index]
 
 
-def _start_sim(tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextmanager
+def _running_sim(tmp_path: Path) -> Iterator[Tuple[subprocess.Popen, List[int]]]:
+    """Run genpolicy-sim (expert, one episode); yield it and its node processes once it runs.
+
+    Whatever the test did to it, genpolicy-sim is killed (and reaped) on the way out.
+    """
+    sim = subprocess.Popen(
         [str(BIN / 'genpolicy-sim'), '--policy', 'expert', '--episodes', '1',
          '--episode-time', '60', '--record', '', '--log-dir', str(tmp_path / 'logs')],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-
-
-@pytest.mark.timeout(240)
-def test_a_dead_node_stops_genpolicy_sim_with_its_name_and_log(tmp_path):
-    sim = _start_sim(tmp_path)
     try:
         _wait_for_line(sim, r'ep 0 t=', 120.0)
         children = _children_of(sim.pid)
         assert len(children) == len(NODES), children
-        victim = next(pid for pid in children
-                      if b'safety_filter_node' in Path(f'/proc/{pid}/cmdline').read_bytes())
-        os.kill(victim, signal.SIGKILL)
-        out, err = sim.communicate(timeout=60.0)
+        yield sim, children
     finally:
         if sim.poll() is None:
             sim.kill()
             sim.wait()
+
+
+@pytest.mark.timeout(240)
+def test_a_dead_node_stops_genpolicy_sim_with_its_name_and_log(tmp_path):
+    with _running_sim(tmp_path) as (sim, children):
+        victim = next(pid for pid in children
+                      if b'safety_filter_node' in Path(f'/proc/{pid}/cmdline').read_bytes())
+        os.kill(victim, signal.SIGKILL)
+        out, err = sim.communicate(timeout=60.0)
     assert sim.returncode == 1, (out, err)
     assert 'safety_filter_node died (exit status -9)' in err, err
     assert 'safety_filter_node.log' in err, err
@@ -228,16 +235,8 @@ def test_a_dead_node_stops_genpolicy_sim_with_its_name_and_log(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_node_processes_die_with_a_killed_genpolicy_sim(tmp_path):
-    sim = _start_sim(tmp_path)
-    try:
-        _wait_for_line(sim, r'ep 0 t=', 120.0)
-        children = _children_of(sim.pid)
-        assert len(children) == len(NODES), children
+    with _running_sim(tmp_path) as (sim, children):
         sim.kill()   # SIGKILL: no handler, no atexit; the kernel tells the children
         sim.wait()
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.wait()
     assert wait_for(lambda: not _group_members(children), 30.0, 0.1), [
         Path(f'/proc/{pid}/cmdline').read_bytes() for pid in _group_members(children)]
