@@ -273,33 +273,32 @@ class FeatureNoveltyModel:
                 rows = fold[i:i + 4096] == f
                 gram[f] += design[rows].T @ design[rows]
                 rhs[f] += design[rows].T @ targets[i:i + 4096][rows]
-        # The ridge strength with the smallest held-out reading error (a small fit needs a
-        # strong one, 60000 frames almost none).
-        best = None
-        for lam in ridges:
-            eye = lam * np.eye(n_design)
-            w = [np.linalg.solve(gram[1 - f] + eye, rhs[1 - f]) for f in (0, 1)]
-            err = 0.0
-            for i in range(0, len(feats), 4096):
-                design = read_out_design(feats[i:i + 4096, :n_kp])
-                for f in (0, 1):
-                    rows = fold[i:i + 4096] == f
-                    diff = design[rows] @ w[f] - targets[i:i + 4096][rows]
-                    err += float(np.linalg.norm(diff[:, :2], axis=1).sum()
-                                 + np.linalg.norm(diff[:, 2:], axis=1).sum())
-            if best is None or err < best[0]:
-                best = (err, lam, w)
-        _, lam, held_out = best
+        # Held-out readings of every frame for every ridge strength (weights fitted on the
+        # other fold), one more pass over the design; the strength with the smallest held-out
+        # reading error is kept (a small fit needs a strong one, 60000 frames almost none).
+        held_out = [[np.linalg.solve(gram[1 - f] + lam * np.eye(n_design), rhs[1 - f])
+                     for f in (0, 1)] for lam in ridges]
+        reads = np.empty((len(ridges), len(feats), 4))
+        for i in range(0, len(feats), 4096):
+            design = read_out_design(feats[i:i + 4096, :n_kp])
+            for f in (0, 1):
+                rows = np.flatnonzero(fold[i:i + 4096] == f) + i
+                for r, w in enumerate(held_out):
+                    reads[r, rows] = design[rows - i] @ w[f]
+        diff = reads - targets
+        errors = (np.linalg.norm(diff[..., :2], axis=2).sum(axis=1)
+                  + np.linalg.norm(diff[..., 2:], axis=2).sum(axis=1))
+        best = int(np.argmin(errors))
+        lam = float(ridges[best])
         weights = np.linalg.solve(gram.sum(axis=0) + lam * np.eye(n_design), rhs.sum(axis=0))
         probe.arm_weights, probe.cube_weights = weights[:, :2], weights[:, 2:]
-        probe.ridge = float(lam)
+        probe.ridge = lam
         arm_err, cube_jump = [], []
         for e, n in enumerate(lengths):
             rows = slice(starts[e], starts[e] + n)
-            read = read_out_design(feats[rows, :n_kp]) @ held_out[e % 2]
             track = SceneTrack(1, 1)  # ungated: the scale is the reading's own step noise
-            for tr, tf, cr in zip(read[:, :2], tcp[rows], read[:, 2:]):
-                a, c = track.push(tr, tf, cr)
+            for read, tf in zip(reads[best, rows], tcp[rows]):
+                a, c = track.push(read[:2], tf, read[2:])
                 arm_err.append(a)
                 cube_jump.append(c)
         raw = np.column_stack([probe.encoder_gauss.distances(feats),
