@@ -226,7 +226,7 @@ def hold_metrics(graph: FaultGraph, t_timeout: float, t_end: float) -> Dict[str,
     (``jerk_ratio``) from 0.3 s before the timeout to the end.
     """
     t, _, dq = graph.observer.arm_window(t_timeout - 0.3, t_end)
-    tth = time_to_rest(t, dq, t_timeout)
+    tth = time_to_rest(t, dq, t_timeout, max_step_s=graph.sim_max_step_s)
     analysis = graph.analysis
     decel = accel_ratio(t, dq, analysis.model.limits.acceleration)
     jerk = analysis.jerk_ratio(t, dq)

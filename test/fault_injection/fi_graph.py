@@ -26,9 +26,11 @@ import itertools
 from pathlib import Path
 import random
 import signal
+import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, IO, List, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -317,8 +319,9 @@ class ScriptedPolicy(Node):
     HORIZON = 16
     PERIOD_S = 0.1
 
-    def __init__(self, context: Context, observer: 'Observer') -> None:
-        super().__init__('fi_scripted_policy', context=context)
+    def __init__(self, context: Context, observer: 'Observer',
+                 name: str = 'fi_scripted_policy') -> None:
+        super().__init__(name, context=context)
         self.observer = observer
         self.model = FrankaModel()
         self.pub_chunk = self.create_publisher(MultiDOFJointTrajectory, CHUNK, 10)
@@ -329,6 +332,8 @@ class ScriptedPolicy(Node):
         self.burst = 1
         self.published = 0
         self.last_stamp: Optional[float] = None   # stamp of the newest chunk published
+        self.last_publish_monotonic = time.monotonic()  # when a message pair last went out
+        self.error: Optional[str] = None          # the newest exception of a publish
         self._rng = np.random.default_rng(0)
         self._hold_target: Optional[np.ndarray] = None
         self._stop = threading.Event()
@@ -358,7 +363,13 @@ class ScriptedPolicy(Node):
             next_tick += self.PERIOD_S
             if self.enabled:
                 for _ in range(max(1, int(self.burst))):
-                    self._publish_once()
+                    try:
+                        self._publish_once()
+                    except Exception as exc:  # noqa: BLE001 - one bad period must not end it
+                        self.error = f'{type(exc).__name__}: {exc}'
+                        self.get_logger().error(f'scripted policy: {self.error}')
+            else:
+                self.last_publish_monotonic = time.monotonic()
             delay = next_tick - time.monotonic()
             if delay < 0.0:
                 next_tick = time.monotonic()
@@ -368,6 +379,7 @@ class ScriptedPolicy(Node):
         stamp = ros_now(self)
         positions = self.plan(stamp)
         if positions is None:
+            self.last_publish_monotonic = time.monotonic()   # nothing to plan from: not stuck
             return
         if self.make_messages is not None:
             chunk, samples = self.make_messages(stamp, positions)
@@ -380,6 +392,23 @@ class ScriptedPolicy(Node):
         if samples is not None:
             self.pub_samples.publish(samples)
         self.published += 1
+        self.last_publish_monotonic = time.monotonic()
+
+    def stuck(self, window_s: float = 2.0) -> bool:
+        """Return True if publishing is on but nothing went out for ``window_s``."""
+        return self.enabled and time.monotonic() - self.last_publish_monotonic > window_s
+
+    def status(self) -> str:
+        """Return a one-line account of the publishing thread (for failure messages)."""
+        age = time.monotonic() - self.last_publish_monotonic
+        where = ''
+        frame = sys._current_frames().get(self._thread.ident)
+        if frame is not None and self.stuck():
+            where = ' at ' + ' <- '.join(
+                f'{f.name}:{f.lineno}' for f in reversed(traceback.extract_stack(frame)[-4:]))
+        return (f'{self.get_name()}: enabled={self.enabled} published={self.published} '
+                f'last {age:.1f} s ago, thread alive={self._thread.is_alive()}, '
+                f'error={self.error}{where}')
 
     def destroy_node(self) -> None:
         """Stop publishing, then the node."""
@@ -624,10 +653,15 @@ class ArmAnalysis:
 
 
 def time_to_rest(t: np.ndarray, dq: np.ndarray, t_from: float,
-                 tol: float = REST_RADPS, settle_s: float = 0.2) -> Optional[float]:
+                 tol: float = REST_RADPS, settle_s: float = 0.2,
+                 max_step_s: Optional[float] = None) -> Optional[float]:
     """Return seconds from ``t_from`` until the arm is at rest and stays so for ``settle_s``.
 
     None if it never settles in the window. 0 if it already was at rest at ``t_from``.
+    With ``max_step_s`` (the sim's ``max_catch_up_s``) the seconds are the sim's simulated
+    ones: between two joint states it simulates at most that much, however long the wall-clock
+    gap (a sim process stalled for 0.9 s once, right after a kill -9 elsewhere in the graph; its
+    arm did not move meanwhile, and the stall is no slower hold).
     """
     after = t >= t_from
     t, dq = t[after], dq[after]
@@ -638,7 +672,10 @@ def time_to_rest(t: np.ndarray, dq: np.ndarray, t_from: float,
     start = 0 if len(idx) == 0 else idx[-1] + 1
     if start >= len(t) or t[-1] - t[start] < settle_s:
         return None
-    return max(0.0, float(t[start] - t_from))
+    gaps = np.diff(np.concatenate([[t_from], t[:start + 1]]))
+    if max_step_s is not None:
+        gaps = np.minimum(gaps, max_step_s)
+    return max(0.0, float(np.sum(gaps)))
 
 
 # ------------------------------------------------------------------------------- the graph
@@ -658,6 +695,7 @@ class FaultGraph:
         self.safety = safety_config(self.filter_params)
         sim = node_parameters('sim.yaml', 'sim_node')
         self.sim_command_timeout_s = float(sim['command_timeout_s'])
+        self.sim_max_step_s = float(sim['node']['max_catch_up_s'])
         self.analysis = ArmAnalysis(self.safety)
         remap_sim = ['-r', f'{JOINT_STATES}:={RAW}{JOINT_STATES}',
                      '-r', f'{IMAGE}:={RAW}{IMAGE}',
@@ -744,6 +782,30 @@ class FaultGraph:
             replaced.append(name)
         return replaced
 
+    def heal_policy(self, window_s: float = 2.0, force: bool = False) -> bool:
+        """Replace the scripted policy if it stopped publishing (or ``force``); True if so.
+
+        Test equipment, like the relays: a DDS publish that never returns, or a writer whose
+        messages no longer arrive (seen after node processes were killed and restarted), must
+        not starve every later test of chunks.
+        """
+        old = self.policy
+        if not (force or old.stuck(window_s)):
+            return False
+        self._relay_generation += 1
+        new = ScriptedPolicy(self.context, self.observer,
+                             f'fi_scripted_policy_{self._relay_generation}')
+        for attr in ('reference', 'make_messages', 'burst', '_hold_target'):
+            setattr(new, attr, getattr(old, attr))
+        print(f'fault graph: replaced the scripted policy ({old.status()})', file=sys.stderr)
+        old.enabled = False
+        old._stop.set()
+        self.policy = new
+        self.nodes.append(new)
+        self._spin(new)
+        new.enabled = self.policy_source == 'scripted'
+        return True
+
     # lifecycle -------------------------------------------------------------------------
     def start(self, timeout_s: float = 120.0) -> None:
         """Start every node process; reset the monitor (as its operator) until NOMINAL."""
@@ -759,10 +821,19 @@ class FaultGraph:
         """Reset the monitor until it is in one of ``modes`` (retried while inputs come up)."""
         deadline = time.monotonic() + timeout_s
         message = ''
+        lost_since = time.monotonic()
         while time.monotonic() < deadline:
             if self.observer.mode() in modes:
                 return message
+            # Refused for stale chunks while the scripted policy publishes: its messages are
+            # lost on the way (a transport stuck since a node was killed); a new writer heals.
+            chunks_lost = (self.policy_source == 'scripted' and 'chunks' in message
+                           and 'stale' in message and time.monotonic() > lost_since + 3.0)
+            if self.heal_policy(force=chunks_lost):
+                lost_since = time.monotonic()
             ok, message = self.reset_monitor()
+            if not ('chunks' in message and 'stale' in message):
+                lost_since = time.monotonic()
             time.sleep(0.3)
         raise RuntimeError(f'could not release the monitor to {modes}: {message}\n'
                            + self.logs())
@@ -780,7 +851,7 @@ class FaultGraph:
         """Return the tail of every node's log (for failure messages)."""
         relays = ', '.join(f'{n}: {r.received} in / {r.forwarded} out'
                            for n, r in self.relays.items())
-        return '\n'.join([f'--- relays: {relays}'] + [
+        return '\n'.join([f'--- relays: {relays}', f'--- {self.policy.status()}'] + [
             f'--- {p.name} (alive={p.alive})\n{p.log_tail(lines)}' for p in self.procs.values()])
 
     # control ---------------------------------------------------------------------------
