@@ -828,7 +828,7 @@ class FaultGraph:
             # Refused for stale chunks while the scripted policy publishes: its messages are
             # lost on the way (a transport stuck since a node was killed); a new writer heals.
             chunks_lost = (self.policy_source == 'scripted' and 'chunks' in message
-                           and 'stale' in message and time.monotonic() > lost_since + 3.0)
+                           and 'stale' in message and time.monotonic() > lost_since + 10.0)
             if self.heal_policy(force=chunks_lost):
                 lost_since = time.monotonic()
             ok, message = self.reset_monitor()
