@@ -24,6 +24,7 @@ class Probe(Node):
         self.messages: Dict[str, List[object]] = {}
         self.arrival: Dict[str, List[float]] = {}
         self._lock = threading.Lock()
+        self._kept: Dict[tuple, object] = {}
 
     def watch(self, msg_type, topic: str, qos: QoSProfile | int = 10) -> None:
         """Start recording ``topic``."""
@@ -35,6 +36,25 @@ class Probe(Node):
                 self.messages[topic].append(msg)
                 self.arrival[topic].append(time.monotonic())
         self.create_subscription(msg_type, topic, cb, qos)
+
+    def client(self, srv_type, name: str):
+        """Return a service client for ``name``, created on first use and kept.
+
+        Kept, not destroyed after a call: destroying an entity from the test thread while the
+        probe's executor builds its wait set in another thread killed that executor once
+        (rclpy ``InvalidHandle``), and every later service response went unheard.
+        """
+        key = ('client', srv_type, name)
+        if key not in self._kept:
+            self._kept[key] = self.create_client(srv_type, name)
+        return self._kept[key]
+
+    def publisher(self, msg_type, topic: str, qos: QoSProfile | int = 10):
+        """Return a publisher on ``topic``, created on first use and kept (see :meth:`client`)."""
+        key = ('publisher', msg_type, topic)
+        if key not in self._kept:
+            self._kept[key] = self.create_publisher(msg_type, topic, qos)
+        return self._kept[key]
 
     def count(self, topic: str) -> int:
         """Messages received on ``topic`` so far."""

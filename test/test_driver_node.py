@@ -47,11 +47,10 @@ def _q(probe) -> np.ndarray:
 
 
 def _call(probe, srv_type, name, request, timeout_s=20.0):
-    client = probe.create_client(srv_type, name)
+    client = probe.client(srv_type, name)
     assert client.wait_for_service(timeout_sec=10.0), f'{name} not available'
     future = client.call_async(request)
     assert wait_for(future.done, timeout_s), f'{name} did not answer'
-    probe.destroy_client(client)
     return future.result()
 
 
@@ -197,7 +196,7 @@ def test_gripper_homing_and_move(graph):
     _wait_active(probe, node)
     res = _call(probe, Trigger, f'/{NAME}/gripper/homing', Trigger.Request())
     assert res.success, res.message
-    pub = probe.create_publisher(Float64, f'/{NAME}/gripper/move', 10)
+    pub = probe.publisher(Float64, f'/{NAME}/gripper/move')
     assert wait_for(lambda: pub.get_subscription_count() > 0, 5.0)
     pub.publish(Float64(data=0.02))
 
@@ -208,7 +207,6 @@ def test_gripper_homing_and_move(graph):
     before = node.stats['gripper_refused']
     pub.publish(Float64(data=float('nan')))
     assert wait_for(lambda: node.stats['gripper_refused'] == before + 1, 3.0)
-    probe.destroy_publisher(pub)
 
 
 def test_reflex_is_reported_and_recovered_by_the_service(graph, record_property):
