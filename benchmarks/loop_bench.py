@@ -221,7 +221,6 @@ def main(argv=None) -> int:
             # The first leg alone: render, transport, the policy's wait and inference.
             chunk_ms = (np.asarray(listener.t['chunk'])
                         - np.asarray(listener.stamp['chunk'])) * 1e3
-        with listener.lock:
             arm_t = np.asarray(listener.t['arm'])
             counts = {k: len(v) for k, v in listener.t.items()}
             modes = [m for _, m in listener.modes]
