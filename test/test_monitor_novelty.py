@@ -5,13 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from genpolicy_ros.monitor.calibration import calibrate
+from genpolicy_ros.monitor.calibration import calibrate, load_calibration
 from genpolicy_ros.monitor.gate import Mode
-from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor
+from genpolicy_ros.monitor.monitor import load_novelty_model, MonitorConfig, RuntimeMonitor
 from genpolicy_ros.monitor.novelty import (CameraContentChecks, FEATURE_DEFINITION,
                                            CUBE_MEDIAN_FRAMES, FeatureNoveltyModel,
                                            hue_histogram, run_statistic, SceneTrack)
 from genpolicy_ros.monitor.watchdogs import FaultKind
+from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.sim.config import SimConfig
 from genpolicy_ros.sim.world import PandaWorld
@@ -135,6 +136,37 @@ def test_a_cube_that_jumps_without_the_arm_is_seen_by_the_cube_component(model, 
     for cube in ([0.06, 0.1], [0.06, 0.1]):  # out of reach now: the 10 cm jump counts
         jump = gated.push(tcp, tcp, np.array(cube))[1]
     assert jump == pytest.approx(0.1)
+
+
+def test_a_640x480_stream_fitted_to_the_policy_input_looks_like_the_training_frames():
+    # A camera with the sim camera's vertical field of view at 640x480 (the loop benchmark's
+    # load, a real camera's size): the monitor fits each frame as the policy node does. Judged
+    # by the shipped novelty model and threshold - what the monitor node runs.
+    shipped = load_novelty_model(MonitorConfig.load())
+    threshold = load_calibration().novelty_threshold
+    config = SimConfig.load()
+    big = dataclasses.replace(config, camera=dataclasses.replace(
+        config.camera, width_px=640, height_px=480))
+    small_world, big_world = PandaWorld(config), PandaWorld(big)
+    try:
+        native, fitted, q = [], [], []
+        for seed in range(100000, 100004):
+            for world in (small_world, big_world):
+                world.reset(seed)
+            native.append(small_world.render())
+            fitted.append(cv.fit_image(big_world.render(), config.camera.width_px))
+            q.append(small_world.joint_state()[0])
+    finally:
+        small_world.close()
+        big_world.close()
+    native_scores = shipped.raw_components(np.stack(native), np.stack(q)) / shipped.scales
+    fitted_scores = shipped.raw_components(np.stack(fitted), np.stack(q)) / shipped.scales
+    assert np.nanmax(fitted_scores) < threshold, fitted_scores
+    # The colour component as close to the training frames as the native render: it read
+    # 4-5x the native value when frames were area-averaged (blended edge hues).
+    assert np.all(np.abs(fitted_scores[:, 1] - native_scores[:, 1]) < 0.25), \
+        (native_scores, fitted_scores)
+    assert np.mean(np.abs(np.stack(fitted).astype(float) - np.stack(native))) < 3.0
 
 
 def test_hue_histogram_puts_a_blue_patch_in_a_blue_bin():
