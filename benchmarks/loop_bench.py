@@ -2,9 +2,10 @@
 
 Four node processes (their installed console scripts, shipped YAML) on a private ROS domain:
 ``sim_node`` with joint states at 1 kHz and the camera at 30 Hz, 640x480 (parameter overrides
-for this run only), ``policy_node`` with the learned flow policy at 10 Hz, ``safety_filter_node``
-and ``monitor_node``. The monitor is reset once its inputs are live (as an operator would), then
-the graph runs for ``--duration`` seconds while this process listens:
+for this run only; frames rendered at 128x96 and enlarged, see ``LOADS``), ``policy_node``
+with the learned flow policy at 10 Hz, ``safety_filter_node`` and ``monitor_node``. The monitor
+is reset once its inputs are live (as an operator would), then the graph runs for
+``--duration`` seconds while this process listens:
 
 * loop latency: a chunk carries its camera frame's stamp; the first safe command the filter
   stamped after this process received the chunk used it, and the first arm command stamped
@@ -28,6 +29,7 @@ them: the numbers are what was measured.
 
 import argparse
 import bisect
+import os
 from pathlib import Path
 import sys
 import tempfile
@@ -55,9 +57,17 @@ from genpolicy_ros.nodes import conversions as cv  # noqa: E402
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args  # noqa: E402
 
 LOADS = {
-    # The issue's load: joint states at 1 kHz, the camera at 30 Hz and 640x480.
+    # The issue's load: joint states at 1 kHz, the camera at 30 Hz and 640x480. The sim renders
+    # each frame at 128x96 and enlarges it (camera.render_scale): TinyRenderer takes ~70 ms per
+    # 640x480 frame on this machine's cores, so 30 Hz would need two of them for rendering
+    # alone and the camera ran at ~5 Hz; a real camera costs the host no rendering. The stack
+    # receives what the issue asks for: 640x480 frames at 30 Hz, and the policy input cut from
+    # them is the native 96x96 render.
     'issue': {'joint_state_rate_hz': 1000.0, 'camera.width_px': 640, 'camera.height_px': 480,
-              'camera.rate_hz': 30.0},
+              'camera.rate_hz': 30.0, 'camera.render_scale': 0.2},
+    # The same with every 640x480 frame rendered in full (camera rate bounded by the renderer).
+    'issue-full-render': {'joint_state_rate_hz': 1000.0, 'camera.width_px': 640,
+                          'camera.height_px': 480, 'camera.rate_hz': 30.0},
     # The shipped configuration (250 Hz joint states, 15 Hz 96x96 camera), for comparison.
     'shipped': {},
 }
@@ -165,6 +175,20 @@ def loop_latencies(rec: Listener, skip_hold: bool = True) -> np.ndarray:
     return np.asarray(out)
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time [s] a process and its child processes (the sim's renderer) used."""
+    tick = os.sysconf('SC_CLK_TCK')
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / tick   # utime + stime
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError, IndexError):
+        return float('nan')  # gone (a crashed node is reported by its log)
+    return total + sum(cpu_seconds(c) for c in children)
+
+
 def _stats(name: str, values_ms: np.ndarray) -> str:
     if values_ms.size == 0:
         return f'{name:<32} {"-":>8} {"-":>8} {"-":>8} {0:>7}'
@@ -209,12 +233,16 @@ def main(argv=None) -> int:
         time.sleep(args.warmup)
         listener.clear()
         started = time.time()
+        cpu_start = {p.name: cpu_seconds(p.pid) for p in procs}
+        cpu_start['loop_bench'] = time.process_time()
         # A watchdog tripped by a scheduling gap would otherwise hold the arm for the rest of
         # the run and no chunk would reach it; how often that happens is reported.
         with OperatorOnDuty(lambda: listener.mode() == 'HOLD',
                             lambda: release(listener, 2.0), 0.25) as operator:
             time.sleep(args.duration)
         elapsed = time.time() - started
+        cpu = {p.name: cpu_seconds(p.pid) - cpu_start[p.name] for p in procs}
+        cpu['loop_bench'] = time.process_time() - cpu_start['loop_bench']
         latency_ms = loop_latencies(listener) * 1e3
         any_mode_ms = loop_latencies(listener, skip_hold=False) * 1e3
         with listener.lock:
@@ -247,6 +275,11 @@ def main(argv=None) -> int:
         rates = (f'joint states {(sim[-1][1] - sim[0][1]) / span:.0f} Hz, camera '
                  f'{(sim[-1][2] - sim[0][2]) / span:.1f} Hz, ' + rates)
     print(f'rates over {elapsed:.0f} s: {rates}')
+    # The machine's budget is os.cpu_count() cores: where it went (the sim includes its render
+    # process, which a real camera does not need).
+    print(f'CPU over {elapsed:.0f} s of {os.cpu_count()} cores: ' + ', '.join(
+        f'{name} {used / elapsed:.0%}' for name, used in cpu.items())
+        + f'; total {sum(cpu.values()) / elapsed:.0%}')
     share = {m: modes.count(m) / max(len(modes), 1) for m in sorted(set(modes))}
     print('monitor modes: ' + ', '.join(f'{m} {v:.0%}' for m, v in share.items())
           + f'; operator resets after a HOLD: {operator.resets}')

@@ -164,3 +164,32 @@ def test_velocity_mode_and_gripper(world, config):
     world.close_gripper()
     world.step(500)
     assert world.gripper_width() == pytest.approx(0.0, abs=0.005)
+
+
+def test_render_scale_renders_fewer_pixels_and_enlarges_them(config):
+    """Check: a 640x480 camera rendered at 0.2 is 128x96 pixels, each repeated 5x5.
+
+    Its centre square shrunk to the policy input is the native 96x96 render of the same state.
+    """
+    import dataclasses
+
+    from genpolicy_ros.nodes.conversions import fit_image
+
+    big = dataclasses.replace(config, camera=dataclasses.replace(
+        config.camera, width_px=640, height_px=480, render_scale=0.2))
+    small_world, big_world = PandaWorld(config), PandaWorld(big)
+    try:
+        small_world.reset(3)
+        big_world.reset(3)
+        image = big_world.render()
+        assert image.shape == (480, 640, 3)
+        blocks = image.reshape(96, 5, 128, 5, 3)
+        assert np.all(blocks == blocks[:, :1, :, :1])   # every 5x5 block is one pixel
+        np.testing.assert_array_equal(fit_image(image, 96), small_world.render())
+        big_world.config = dataclasses.replace(big, camera=dataclasses.replace(
+            big.camera, render_scale=0.0))
+        with pytest.raises(ValueError, match='render_scale'):
+            big_world.render()
+    finally:
+        small_world.close()
+        big_world.close()

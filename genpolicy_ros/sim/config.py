@@ -46,6 +46,7 @@ class CameraConfig(_FromDict):
     light_diffuse: float
     light_specular: float
     shadows: bool
+    render_scale: float
 
 
 @dataclasses.dataclass(frozen=True)
