@@ -14,7 +14,8 @@ is reset once its inputs are live (as an operator would), then the graph runs fo
 * its first leg: a chunk's arrival here - its frame's stamp (render, transport, the policy's
   wait for the frame and inference); the rest is the filter's and the monitor's steps.
 * driver jitter: |interval between arm commands arriving - the monitor's 10 ms period|, as a
-  subscriber of the same topic as the driver sees it.
+  subscriber of the same topic as the driver sees it (this process runs SCHED_FIFO where
+  permitted, like a driver).
 
 While measuring, an operator thread resets the monitor whenever a watchdog made it hold (a
 loaded machine trips them); the number of resets and the time in each mode are printed.
@@ -55,6 +56,7 @@ from fi_checks import OperatorOnDuty  # noqa: E402
 from fi_graph import claim_domain  # noqa: E402
 from genpolicy_ros.nodes import conversions as cv  # noqa: E402
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args  # noqa: E402
+from genpolicy_ros.nodes.realtime import realtime_process  # noqa: E402
 
 LOADS = {
     # The load: joint states at 1 kHz, the camera at 30 Hz and 640x480. The sim renders
@@ -72,6 +74,7 @@ LOADS = {
     'shipped': {},
 }
 COMMAND_PERIOD_S = 0.01   # monitor_node control_rate_hz (config/monitor.yaml)
+LISTENER_PRIORITY = 10    # SCHED_FIFO of this process's threads, where permitted
 
 
 class Listener:
@@ -220,7 +223,15 @@ def main(argv=None) -> int:
     listener = Listener(context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(listener.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    listener_rt = []
+
+    def spin() -> None:
+        # Receipt times stand for the driver's: a driver runs real-time (as the monitor does),
+        # so this process does too where permitted (its DDS threads with it); printed below.
+        listener_rt.append(realtime_process(LISTENER_PRIORITY) is None)
+        executor.spin()
+
+    spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     try:
         for proc in procs:
@@ -268,7 +279,8 @@ def main(argv=None) -> int:
     print(_stats('camera stamp -> arm command', latency_ms))
     print(_stats('  (also while holding)', any_mode_ms))
     print(_stats('camera stamp -> chunk received', chunk_ms))
-    print(_stats('driver command period jitter', jitter_ms))
+    print(_stats('driver command period jitter', jitter_ms)
+          + ('' if listener_rt and listener_rt[0] else '  (listener not real-time)'))
     rates = ', '.join(f'{k} {v / elapsed:.1f} Hz' for k, v in counts.items())
     if len(sim) > 1:
         span = sim[-1][0] - sim[0][0]

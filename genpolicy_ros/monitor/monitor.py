@@ -18,7 +18,7 @@ from genpolicy_ros.monitor.consistency import (ConsistencyConfig, ConsistencySco
                                                ConsistencyScorer)
 from genpolicy_ros.monitor.gate import CommandGate, Gate, GateConfig, Mode, Transition
 from genpolicy_ros.monitor.novelty import (CameraContentChecks, FEATURE_DEFINITION,
-                                           FeatureNoveltyModel, NoveltyConfig)
+                                           FeatureNoveltyModel, FrameReadings, NoveltyConfig)
 from genpolicy_ros.monitor.watchdogs import Fault, FaultKind, WatchdogConfig, Watchdogs
 from genpolicy_ros.paths import config_path
 import numpy as np
@@ -203,14 +203,16 @@ class RuntimeMonitor:
             self.camera_checks.on_joint_positions(q, stamp)
         return good
 
-    def on_camera(self, stamp: float, now: float, image: Optional[np.ndarray] = None) -> bool:
+    def on_camera(self, stamp: float, now: float, image: Optional[np.ndarray] = None,
+                  readings: Optional[FrameReadings] = None) -> bool:
         """Register a camera frame; return True if its stamp (and image) were good.
 
-        With ``image`` (H, W, 3) uint8 the content is checked too (novelty, frozen frame).
+        With ``image`` (H, W, 3) uint8 the content is checked too (novelty, frozen frame);
+        ``readings``: ``camera_checks.read`` of it, if computed already (outside a lock).
         """
         good = self.watchdogs.on_camera(stamp, self._tick(now))
         if good and image is not None:
-            self.camera_checks.on_frame(image, stamp)
+            self.camera_checks.on_frame(image, stamp, readings)
         return good
 
     def on_safe_command(self, q_cmd: np.ndarray, dq_cmd: np.ndarray, stamp: float,

@@ -478,12 +478,26 @@ class CameraContentChecks:
         stamps = np.fromiter((s for s, _ in self._q_history), dtype=float)
         return self._q_history[int(np.argmin(np.abs(stamps - float(stamp))))][1]
 
-    def on_frame(self, image: np.ndarray, stamp: Optional[float] = None) -> Optional[float]:
+    def read(self, image: np.ndarray, q: Optional[np.ndarray]) -> Optional[FrameReadings]:
+        """Return what the model reads in a frame seen at joint positions ``q``.
+
+        None without a model or for a frame of another size. The expensive part of
+        :meth:`on_frame`, and it changes no state: a node runs it outside the lock its control
+        loop takes.
+        """
+        img = np.asarray(image)
+        if self.model is None or img.shape[:2] != (self.model.image_size_px,) * 2:
+            return None
+        return self.model.readings(img[None], None if q is None else np.asarray(q)[None])
+
+    def on_frame(self, image: np.ndarray, stamp: Optional[float] = None,
+                 readings: Optional[FrameReadings] = None) -> Optional[float]:
         """Check one RGB frame (H, W, 3) uint8; return its novelty score (None: no model).
 
         The arm component pairs the frame with the joint positions measured nearest to the
         frame's ``stamp`` (capture time): in a live graph the frame arrives 100-200 ms after
-        it was taken, and the arm has moved a few cm since.
+        it was taken, and the arm has moved a few cm since. ``readings``: :meth:`read` of this
+        frame at :meth:`joints_at` its stamp, if the caller computed it already.
         """
         img = np.asarray(image)
         small = _downsample(img)
@@ -500,8 +514,7 @@ class CameraContentChecks:
             self._frozen_motion = float(np.max(np.abs(self._q - self._q_at_change)))
         if self.model is None or img.shape[:2] != (self.model.image_size_px,) * 2:
             return None  # the policy refuses such frames too (its node reports them)
-        q = self.joints_at(stamp)
-        r = self.model.readings(img[None], None if q is None else q[None])
+        r = readings if readings is not None else self.read(img, self.joints_at(stamp))
         arm, cube = self.track.push(r.tcp_read[0], r.tcp_fk[0], r.cube_read[0])
         raw = np.array([r.encoder[0], r.colour[0], arm, cube])
         scaled = raw / self.model.scales

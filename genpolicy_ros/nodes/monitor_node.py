@@ -7,7 +7,8 @@ publishes ``/genpolicy/arm_command`` (only gated commands reach the driver); pub
 and ``/diagnostics`` at ``node.diagnostics_rate_hz`` and at once on every mode change, with its
 reason. Services ``~/hold`` and
 ``~/reset`` (std_srvs/Trigger): HOLD is latched and reset is refused, with the reason, while its
-cause persists.
+cause persists. The gate steps on a thread of its own, SCHED_FIFO at ``node.realtime_priority``
+where permitted (:mod:`genpolicy_ros.nodes.realtime`).
 """
 
 from dataclasses import replace
@@ -29,6 +30,7 @@ from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
 from genpolicy_ros.nodes.qos import NEWEST_FRAME_QOS
+from genpolicy_ros.nodes.realtime import PeriodicThread, realtime_process
 from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.robot import FrankaModel
 
@@ -93,7 +95,28 @@ class MonitorNode(Node):
                                  NEWEST_FRAME_QOS)
         self.create_service(Trigger, '~/hold', self._on_hold)
         self.create_service(Trigger, '~/reset', self._on_reset)
-        self.create_timer(self.control_period_s, self._step)
+        # The gate runs on a thread of its own (real-time where permitted), not an executor
+        # timer: a timer waits behind the callback in progress (a camera frame: ~3 ms).
+        # Real-time where permitted: the gate thread here, one level above the rest of the
+        # process, which main() makes real-time too (a node in a process of its own; a test or
+        # genpolicy-sim --in-process must not turn their whole process real-time).
+        self.realtime_priority = int(node_params['realtime_priority'])
+        self._gate = PeriodicThread(
+            'monitor_gate', self.control_period_s, self._step,
+            self.realtime_priority + 1 if self.realtime_priority else 0,
+            self._on_step_error).start()
+        if self._gate.realtime_error:
+            self.get_logger().warning(f'gate at normal priority: {self._gate.realtime_error}')
+
+    def _on_step_error(self, exc: BaseException) -> None:
+        # No command goes out from a failed step: the driver's watchdog holds the arm.
+        self.get_logger().error(f'gate step failed: {type(exc).__name__}: {exc}',
+                                throttle_duration_sec=LOG_THROTTLE_S)
+
+    def destroy_node(self) -> None:
+        """Stop the gate thread before the node's publishers go away."""
+        self._gate.stop()
+        super().destroy_node()
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -160,8 +183,17 @@ class MonitorNode(Node):
             # The stamp still counts for the stale watchdog; the content cannot be checked.
             self._warn(f'camera image not checked: {exc}')
             image = None
+        stamp = cv.stamp_to_s(msg.header.stamp)
+        readings = None
+        if image is not None:
+            # The encoder's look at the frame (~3 ms) outside the lock: the gate thread takes
+            # it every period and must not wait for a frame.
+            checks = self.monitor.camera_checks
+            with self._lock:
+                q = checks.joints_at(stamp)
+            readings = checks.read(image, q)
         with self._lock:
-            self.monitor.on_camera(cv.stamp_to_s(msg.header.stamp), now, image)
+            self.monitor.on_camera(stamp, now, image, readings)
 
     # ------------------------------------------------------------------ services
     def _on_hold(self, request, response):
@@ -192,12 +224,12 @@ class MonitorNode(Node):
     def _late(self) -> bool:
         """Return True if this step should wait for the messages that queued up meanwhile.
 
-        rclpy's executor runs a ready timer before it takes ready subscriptions. When this
-        process was not scheduled for a while (a loaded machine), the gate step would judge
-        the inputs' ages before reading the fresh messages waiting in its queues, and latch
-        HOLD for a stale input that is not stale. Such a late step is deferred once (the
-        executor takes the queued messages, the timer fires again one period later); the
-        next one always runs, so a real silence is detected at most one period later.
+        When this process was not scheduled for a while (a loaded machine), the gate thread
+        wakes before the executor thread has taken the fresh messages waiting in its queues;
+        the step would judge the inputs' ages without them and latch HOLD for a stale input
+        that is not stale. Such a late step is deferred once (the executor takes the queued
+        messages meanwhile, the gate runs again one period later); the next one always runs,
+        so a real silence is detected at most one period later.
         """
         wall = time.monotonic()
         late = (self._last_step_wall is not None and not self._deferred
@@ -252,7 +284,8 @@ class MonitorNode(Node):
         # see each transition, however short), and at the diagnostics rate in between.
         if changed or now - self._last_diag_s >= self.diagnostics_period_s:
             self._last_diag_s = now
-            values = dict(status.as_key_values(), deferred_steps=self.deferred_steps)
+            values = dict(status.as_key_values(), deferred_steps=self.deferred_steps,
+                          gate_realtime=self._gate.realtime)
             last = status.last_transition
             if last is not None:
                 values.update(last_transition=f'{last.from_mode.name}->{last.to_mode.name}',
@@ -263,9 +296,17 @@ class MonitorNode(Node):
                 self.transport.report(NODE_NAME)]))
 
 
+def _node_owning_its_process() -> MonitorNode:
+    node = MonitorNode()
+    refused = realtime_process(node.realtime_priority)
+    if refused:
+        node.get_logger().warning(f'callbacks at normal priority: {refused}')
+    return node
+
+
 def main(args=None) -> None:
     """Run the node (``ros2 run genpolicy_ros monitor_node``)."""
-    run_node(MonitorNode, args)
+    run_node(_node_owning_its_process, args)
 
 
 if __name__ == '__main__':
