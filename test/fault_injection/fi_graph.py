@@ -197,6 +197,10 @@ class Relay(Node):
         self._closing = False
         self.pub = self.create_publisher(msg_type, dst, qos)
         self._pub_best_effort = None
+        # The best-effort publisher is created and destroyed on the relay's executor thread:
+        # destroying an entity of a spinning node from another thread races the executor
+        # building its wait set from it (rclpy InvalidHandle kills the executor thread).
+        self._qos_changed = self.create_guard_condition(self._apply_qos)
         self.create_subscription(msg_type, src, self._on_msg, qos)
         self._worker = threading.Thread(target=self._deliver_delayed, daemon=True,
                                         name=f'{name}_delay')
@@ -208,16 +212,23 @@ class Relay(Node):
         with self._lock:
             self.fault = fault
             held, self._held = self._held, None
-            if fault.best_effort and self._pub_best_effort is None:
+        self._qos_changed.trigger()
+        if held is not None and not fault.silent:
+            self._send(held, fault)
+
+    def _apply_qos(self) -> None:
+        """On the executor thread: have a best-effort publisher exactly while the fault asks."""
+        old = None
+        with self._lock:
+            if self.fault.best_effort and self._pub_best_effort is None:
                 # Created only now: its incompatibility with reliable subscribers is the fault.
                 be = QoSProfile(depth=self.qos.depth,
                                 reliability=QoSReliabilityPolicy.BEST_EFFORT)
                 self._pub_best_effort = self.create_publisher(self.msg_type, self.dst, be)
-            elif not fault.best_effort and self._pub_best_effort is not None:
-                self.destroy_publisher(self._pub_best_effort)
-                self._pub_best_effort = None
-        if held is not None and not fault.silent:
-            self._send(held, fault)
+            elif not self.fault.best_effort:
+                old, self._pub_best_effort = self._pub_best_effort, None
+        if old is not None:
+            self.destroy_publisher(old)
 
     def _send(self, msg, fault: LinkFault) -> None:
         pub = self._pub_best_effort if fault.best_effort and self._pub_best_effort else self.pub
