@@ -265,11 +265,17 @@ def main(argv=None) -> int:
             chunk_ms = (np.asarray(listener.t['chunk'])
                         - np.asarray(listener.stamp['chunk'])) * 1e3
             arm_t = np.asarray(listener.t['arm'])
+            arm_stamp = np.asarray(listener.stamp['arm'])
             counts = {k: len(v) for k, v in listener.t.items()}
             modes = [m for _, m in listener.modes]
             sim = list(listener.sim_stats)
         jitter_ms = np.abs(np.diff(arm_t) - COMMAND_PERIOD_S) * 1e3 if arm_t.size > 1 \
             else np.zeros(0)
+        # Where it comes from: the monitor's own timing (its stamps, taken as it publishes)
+        # and the way to the subscriber (receipt - stamp).
+        sent_ms = np.abs(np.diff(arm_stamp) - COMMAND_PERIOD_S) * 1e3 if arm_stamp.size > 1 \
+            else np.zeros(0)
+        transit_ms = (arm_t - arm_stamp) * 1e3
     finally:
         for proc in procs:
             proc.stop()
@@ -285,6 +291,8 @@ def main(argv=None) -> int:
     print(_stats('camera stamp -> chunk received', chunk_ms))
     print(_stats('driver command period jitter', jitter_ms)
           + ('' if listener_rt and listener_rt[0] else '  (listener not real-time)'))
+    print(_stats('  of which: stamp period jitter', sent_ms))
+    print(_stats('  arm command stamp -> received', transit_ms))
     rates = ', '.join(f'{k} {v / elapsed:.1f} Hz' for k, v in counts.items())
     if len(sim) > 1:
         span = sim[-1][0] - sim[0][0]
