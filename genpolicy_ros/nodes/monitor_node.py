@@ -19,6 +19,7 @@ from typing import Optional
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
@@ -29,7 +30,6 @@ from genpolicy_ros.monitor.monitor import MonitorConfig, RuntimeMonitor
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
-from genpolicy_ros.nodes.qos import NEWEST_FRAME_QOS
 from genpolicy_ros.nodes.realtime import PeriodicThread, realtime_process
 from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.robot import FrankaModel
@@ -92,7 +92,7 @@ class MonitorNode(Node):
             self.create_subscription(msg_type, topic, callback, 10,
                                      event_callbacks=self.transport.callbacks(topic))
         self.create_subscription(Image, '/camera/color/image_raw', self._on_camera,
-                                 NEWEST_FRAME_QOS)
+                                 qos_profile_sensor_data)
         self.create_service(Trigger, '~/hold', self._on_hold)
         self.create_service(Trigger, '~/reset', self._on_reset)
         # The gate runs on a thread of its own (real-time where permitted), not an executor

@@ -22,6 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
@@ -29,7 +30,6 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes import diagnostics as diag
 from genpolicy_ros.nodes.params import declare_from_yaml
-from genpolicy_ros.nodes.qos import NEWEST_FRAME_QOS
 from genpolicy_ros.nodes.runner import run_node
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION, ExpertPlanner, FlowPlanner, Plan
 from genpolicy_ros.policy.config import PolicyRuntimeConfig
@@ -78,7 +78,7 @@ class PolicyNode(Node):
                                                  '/genpolicy/chunk_samples', 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_subscription(Image, '/camera/color/image_raw', self._on_image,
-                                 NEWEST_FRAME_QOS)
+                                 qos_profile_sensor_data)
         self.transport = diag.TransportHealth(self)
         self.create_subscription(JointState, '/joint_states', self._on_joint_state, 10,
                                  event_callbacks=self.transport.callbacks('/joint_states'))
