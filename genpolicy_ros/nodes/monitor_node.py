@@ -95,16 +95,17 @@ class MonitorNode(Node):
                                  qos_profile_sensor_data)
         self.create_service(Trigger, '~/hold', self._on_hold)
         self.create_service(Trigger, '~/reset', self._on_reset)
-        # The gate runs on a thread of its own (real-time where permitted), not an executor
-        # timer: a timer waits behind the callback in progress (a camera frame: ~3 ms).
-        # Real-time where permitted: the gate thread here, one level above the rest of the
-        # process, which main() makes real-time too (a node in a process of its own; a test or
-        # genpolicy-sim --in-process must not turn their whole process real-time).
+        # The gate runs on a thread of its own, not an executor timer: a timer waits behind the
+        # callback in progress (a camera frame: ~3 ms). Real-time where permitted: the gate
+        # thread here, one level above the rest of the process, which main() makes real-time
+        # too (a node in a process of its own; a test or genpolicy-sim --in-process must not
+        # turn their whole process real-time).
         self.realtime_priority = int(node_params['realtime_priority'])
         self._gate = PeriodicThread(
             'monitor_gate', self.control_period_s, self._step,
             self.realtime_priority + 1 if self.realtime_priority else 0,
-            self._on_step_error).start()
+            self._on_step_error)
+        self._gate.start()   # after the assignment: a step reads self._gate
         if self._gate.realtime_error:
             self.get_logger().warning(f'gate at normal priority: {self._gate.realtime_error}')
 
