@@ -56,6 +56,7 @@ from fi_checks import OperatorOnDuty  # noqa: E402
 from fi_graph import claim_domain  # noqa: E402
 from genpolicy_ros.nodes import conversions as cv  # noqa: E402
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args  # noqa: E402
+from genpolicy_ros.nodes.realtime import realtime_thread  # noqa: E402
 
 LOADS = {
     # The load: joint states at 1 kHz, the camera at 30 Hz and 640x480. The sim renders
@@ -228,11 +229,7 @@ def main(argv=None) -> int:
         # Receipt times stand for the driver's: a driver loop runs real-time (as the monitor
         # does), so the thread that takes the messages does too where permitted; printed
         # below. (The whole process real-time measured worse: jitter p99 19 ms, not 5.)
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(LISTENER_PRIORITY))
-            listener_rt.append(True)
-        except (OSError, AttributeError):
-            listener_rt.append(False)
+        listener_rt.append(realtime_thread(LISTENER_PRIORITY) is None)
         executor.spin()
 
     spinner = threading.Thread(target=spin, daemon=True)
@@ -291,7 +288,7 @@ def main(argv=None) -> int:
     print(_stats('camera stamp -> chunk received', chunk_ms))
     print(_stats('driver command period jitter', jitter_ms)
           + ('' if listener_rt and listener_rt[0] else '  (listener not real-time)'))
-    print(_stats('  of which: stamp period jitter', sent_ms))
+    print(_stats('  monitor stamp period jitter', sent_ms))
     print(_stats('  arm command stamp -> received', transit_ms))
     rates = ', '.join(f'{k} {v / elapsed:.1f} Hz' for k, v in counts.items())
     if len(sim) > 1:

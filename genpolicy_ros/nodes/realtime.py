@@ -18,6 +18,16 @@ from typing import Callable, Optional
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+def realtime_thread(priority: int) -> Optional[str]:
+    """Schedule the calling thread SCHED_FIFO at ``priority``; None, or why not."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:   # no privilege, or not Linux
+        return f'SCHED_FIFO {priority} refused: {exc}'
+    _shorten_gil_switch()
+    return None
+
+
 def realtime_process(priority: int) -> Optional[str]:
     """Schedule every thread of this process SCHED_FIFO at ``priority``; None or why not.
 
@@ -32,9 +42,14 @@ def realtime_process(priority: int) -> Optional[str]:
             os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
     except (OSError, AttributeError, ValueError) as exc:
         return f'SCHED_FIFO {priority} refused: {exc}'
+    _shorten_gil_switch()
+    return None
+
+
+def _shorten_gil_switch() -> None:
+    # Another thread of the process gives up the GIL this soon once a real-time one asks.
     if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return None
 
 
 class PeriodicThread:
@@ -76,14 +91,8 @@ class PeriodicThread:
     def _set_priority(self) -> None:
         if self.priority <= 0:
             return
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))
-        except (OSError, AttributeError) as exc:   # no privilege, or not Linux
-            self.realtime_error = f'SCHED_FIFO {self.priority} refused: {exc}'
-            return
-        self.realtime = True
-        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
-            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        self.realtime_error = realtime_thread(self.priority)
+        self.realtime = self.realtime_error is None
 
     def _run(self) -> None:
         self._set_priority()
