@@ -186,10 +186,9 @@ def test_render_scale_renders_fewer_pixels_and_enlarges_them(config):
         blocks = image.reshape(96, 5, 128, 5, 3)
         assert np.all(blocks == blocks[:, :1, :, :1])   # every 5x5 block is one pixel
         np.testing.assert_array_equal(fit_image(image, 96), small_world.render())
-        big_world.config = dataclasses.replace(big, camera=dataclasses.replace(
-            big.camera, render_scale=0.0))
         with pytest.raises(ValueError, match='render_scale'):
-            big_world.render()
+            PandaWorld(dataclasses.replace(big, camera=dataclasses.replace(
+                big.camera, render_scale=0.0)))
     finally:
         small_world.close()
         big_world.close()

@@ -18,10 +18,10 @@ from typing import Callable, Optional
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def realtime_thread(priority: int) -> Optional[str]:
-    """Schedule the calling thread SCHED_FIFO at ``priority``; None, or why not."""
+def realtime_thread(priority: int, tid: int = 0) -> Optional[str]:
+    """Schedule thread ``tid`` (0: the calling one) SCHED_FIFO at ``priority``; None or why not."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
     except (OSError, AttributeError) as exc:   # no privilege, or not Linux
         return f'SCHED_FIFO {priority} refused: {exc}'
     _shorten_gil_switch()
@@ -37,12 +37,10 @@ def realtime_process(priority: int) -> Optional[str]:
     """
     if priority <= 0:
         return None
-    try:
-        for tid in os.listdir('/proc/self/task'):
-            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
-    except (OSError, AttributeError, ValueError) as exc:
-        return f'SCHED_FIFO {priority} refused: {exc}'
-    _shorten_gil_switch()
+    for tid in os.listdir('/proc/self/task'):
+        refused = realtime_thread(priority, int(tid))
+        if refused:
+            return refused
     return None
 
 

@@ -112,6 +112,11 @@ class PandaWorld:
                            shadow=int(cam.shadows))
         self._projection = pb.computeProjectionMatrixFOV(
             cam.fov_deg, cam.width_px / cam.height_px, cam.near_m, cam.far_m)
+        if not 0.0 < float(cam.render_scale) <= 1.0:
+            raise ValueError(f'camera.render_scale must be in (0, 1], got {cam.render_scale}')
+        # (width, height) TinyRenderer draws; render() enlarges it to the camera's size.
+        self._render_size = (max(1, int(round(cam.width_px * cam.render_scale))),
+                             max(1, int(round(cam.height_px * cam.render_scale))))
         self.set_camera_pose(cam.eye_m, cam.target_m, cam.up)
         self.client = pb.connect(pb.GUI if self.gui else pb.DIRECT)
         if self.client < 0:
@@ -457,11 +462,7 @@ class PandaWorld:
         enlargement invents no colours the renderer did not draw.
         """
         cam = self.config.camera
-        scale = float(cam.render_scale)
-        if not 0.0 < scale <= 1.0:
-            raise ValueError(f'camera.render_scale must be in (0, 1], got {scale}')
-        width = max(1, int(round(cam.width_px * scale)))
-        height = max(1, int(round(cam.height_px * scale)))
+        width, height = self._render_size
         _, _, rgba, _, _ = pb.getCameraImage(
             width, height, self._view, self._projection,
             renderer=pb.ER_TINY_RENDERER, flags=pb.ER_NO_SEGMENTATION_MASK,
