@@ -227,6 +227,11 @@ class SimNode(LifecycleNode):
     # ------------------------------------------------------------------ loop
     def _tick(self) -> None:
         now = time.monotonic()
+        # The physics below is advanced to this instant: the joint state shows the arm now, not
+        # when the stepping (up to a few ms, more on a starved tick) has finished. Stamped
+        # later, a state's stamp would jitter by that compute time and a velocity change
+        # would look faster or slower than it was.
+        stamp = self.get_clock().now().to_msg()
         # Advance simulated time with the wall clock (bounded so a stall does not explode).
         dt = min(max(now - self._last_tick, 0.0), self.max_step_s)
         self._last_tick = now
@@ -238,7 +243,6 @@ class SimNode(LifecycleNode):
             self._advance_interpolated(cmd, now, dt)
         self.stats['ticks'] += 1
         state = self.backend.read_state()
-        stamp = self.get_clock().now().to_msg()
         width = state.gripper_width / 2.0
         self.pub_js.publish(cv.make_joint_state(
             self.joint_names + self.finger_names, stamp,
