@@ -43,7 +43,7 @@ import yaml
 from genpolicy_ros.monitor.gate import Mode
 from genpolicy_ros.nodes import conversions as cv
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args, stop_all
-from genpolicy_ros.nodes.runner import stop_spinning_nodes
+from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
 from genpolicy_ros.paths import config_path
 from genpolicy_ros.recording.config import RecorderConfig
 from genpolicy_ros.recording.recorder import McapRecorder
@@ -169,8 +169,7 @@ class Bringup:
         self._threads = []
         for node, executor in zip(self.nodes, self.executors):
             executor.add_node(node)
-            thread = threading.Thread(target=executor.spin, name=node.get_name(), daemon=True)
-            self._threads.append(thread)
+            self._threads.append(SpinThread(executor, name=node.get_name()))
         self.started = time.monotonic()
         for thread in self._threads:
             thread.start()
@@ -240,6 +239,8 @@ class Bringup:
 
     def shutdown(self) -> None:
         """Stop spinning, then release every node (in that order: no callback outlives it)."""
+        for thread in self._threads:
+            thread.stop()   # before the recorder drops its subscriptions from this thread
         if self.recorder is not None:
             self.recorder.close()
         stop_spinning_nodes(self.executors, self._threads, self.nodes, self.context)
@@ -403,7 +404,7 @@ class ProcessBringup:
         self.recorder: Optional[McapRecorder] = None
         self.context: Optional[Context] = None
         self._executors: List[SingleThreadedExecutor] = []
-        self._threads: List[threading.Thread] = []
+        self._threads: List[SpinThread] = []
         self._nodes: List[Node] = []
         atexit.register(self.shutdown)
         self._install_signal_handlers()
@@ -429,7 +430,7 @@ class ProcessBringup:
     def _spin(self, node: Node) -> None:
         executor = SingleThreadedExecutor(context=self.context)
         executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, name=node.get_name(), daemon=True)
+        thread = SpinThread(executor, name=node.get_name())
         self._nodes.append(node)
         self._executors.append(executor)
         self._threads.append(thread)
@@ -561,6 +562,8 @@ class ProcessBringup:
             for sig, handler in self._old_handlers.items():   # a second SIGTERM: no clean-up
                 signal.signal(sig, handler)
         stop_all(list(self.procs.values()), timeout_s=10.0)
+        for thread in self._threads:
+            thread.stop()   # before the recorder drops its subscriptions from this thread
         if self.recorder is not None:
             self.recorder.close()
         stop_spinning_nodes(self._executors, self._threads, self._nodes, self.context)

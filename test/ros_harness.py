@@ -15,6 +15,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
+from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
+
 
 class Probe(Node):
     """A node that records every message on the topics it is asked to watch."""
@@ -92,19 +94,13 @@ def ros_graph(*factories: Callable[[Context], Node]) -> Iterator[tuple]:
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(n)
         executors.append(executor)
-        threads.append(threading.Thread(target=executor.spin, daemon=True))
+        threads.append(SpinThread(executor))
     for thread in threads:
         thread.start()
     try:
         yield context, probe, nodes
     finally:
-        for executor in executors:
-            executor.shutdown(timeout_sec=2.0)
-        for thread in threads:
-            thread.join(timeout=2.0)
-        for n in [probe, *nodes]:
-            n.destroy_node()
-        rclpy.shutdown(context=context)
+        stop_spinning_nodes(executors, threads, [probe, *nodes], context)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, period_s: float = 0.01) -> bool:

@@ -11,6 +11,7 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.task import Future
 
 from genpolicy_ros.nodes.process import die_with_parent
 
@@ -44,12 +45,48 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
         rclpy.try_shutdown()
 
 
+class SpinThread(threading.Thread):
+    """A daemon thread spinning ``executor`` until :meth:`stop` (or its context shuts down).
+
+    Why not ``Thread(target=executor.spin)``: that thread can only be ended by
+    ``executor.shutdown()``, which destroys the executor's guard condition without waiting
+    (rclpy's shutdown does not wait for the spinning thread), and a spin iteration already
+    past its wait then fails in its task handler (``'NoneType' object has no attribute
+    'trigger'``). This thread spins until a future of its own is done, so :meth:`stop` ends
+    the loop (waking the executor's wait) before anyone shuts the executor down.
+    """
+
+    def __init__(self, executor: Executor, name: Optional[str] = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.executor = executor
+        self._stopped: Future = Future()
+
+    def run(self) -> None:
+        """Spin until stopped; a shutdown of the context ends the loop too."""
+        try:
+            self.executor.spin_until_future_complete(self._stopped)
+        except ExternalShutdownException:
+            pass
+
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Leave the spin loop after the current callback; return whether the thread ended."""
+        if not self._stopped.done():
+            self._stopped.set_result(None)   # its done-callback wakes the executor's wait
+        self.join(timeout=timeout_s)
+        return not self.is_alive()
+
+
 def stop_spinning_nodes(executors: Iterable[Executor], threads: Iterable[threading.Thread],
                         nodes: Iterable[Node], context: Optional[Context]) -> None:
-    """Stop executors, join their spin threads, destroy the nodes, shut the context down.
+    """Stop the spin threads, shut the executors down, destroy the nodes and the context.
 
-    In that order, so that no callback outlives its node.
+    In that order, so that no callback outlives its node. A :class:`SpinThread` leaves its
+    loop before its executor is shut down; other threads end when their executor does.
     """
+    threads = list(threads)
+    for thread in threads:
+        if isinstance(thread, SpinThread):
+            thread.stop()
     for executor in executors:
         executor.shutdown(timeout_sec=2.0)
     for thread in threads:

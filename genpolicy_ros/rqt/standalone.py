@@ -8,7 +8,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from typing import List, Optional
 
 
@@ -27,6 +26,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    from genpolicy_ros.nodes.runner import SpinThread
+
     from genpolicy_ros.rqt.bridge import OperatorBridge
     from genpolicy_ros.rqt.config import GuiConfig
     from genpolicy_ros.rqt.monitor_widget import MonitorWidget
@@ -40,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bridge = OperatorBridge(node, state, config.qos_depth, config.service_timeout_s)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = SpinThread(executor)
     spinner.start()
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(['genpolicy-monitor-gui'])
@@ -68,6 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         widget.stop()
         bridge.destroy()
+        spinner.stop()
         executor.shutdown()
         node.destroy_node()
         if rclpy.ok():

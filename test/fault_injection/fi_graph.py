@@ -49,7 +49,7 @@ from genpolicy_ros.nodes import conversions as cv
 # The node processes and their parameters: shared with genpolicy-sim (re-exported here).
 from genpolicy_ros.nodes.process import (NodeProcess, node_parameters, ros_param_args,
                                          stop_all)
-from genpolicy_ros.nodes.runner import stop_spinning_nodes
+from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.safety.barriers import BarrierSet
@@ -764,8 +764,7 @@ class FaultGraph:
     def _spin(self, node: Node) -> None:
         executor = SingleThreadedExecutor(context=self.context)
         executor.add_node(node)
-        thread = threading.Thread(target=executor.spin, daemon=True,
-                                  name=f'spin_{node.get_name()}')
+        thread = SpinThread(executor, name=f'spin_{node.get_name()}')
         self.executors.append(executor)
         self.threads.append(thread)
         thread.start()
