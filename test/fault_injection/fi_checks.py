@@ -157,10 +157,11 @@ def move_with_policy_node(graph: FaultGraph, attempts: int = 3) -> float:
         graph.reset_episode()
         graph.release(30.0)
         t0 = graph.now()
+        chunks = graph.relays['policy_chunk'].forwarded
         # Motion alone may be the arm settling after the episode reset: the node must be
         # feeding chunks too (right after the graph started it may still be loading).
-        if (wait_for(lambda: (graph.relays['policy_chunk'].last_forwarded_stamp or 0.0) > t0,
-                     8.0) and wait_for_motion(graph, t0, 8.0)
+        if (wait_for_motion(graph, t0, 8.0)
+                and wait_for(lambda: graph.relays['policy_chunk'].forwarded > chunks, 8.0)
                 and graph.observer.mode() == 'NOMINAL'):
             return t0
         graph.recover()
