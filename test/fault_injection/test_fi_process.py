@@ -109,9 +109,12 @@ def test_policy_inference_stalled_for_2s(graph, scenario):
 @pytest.mark.parametrize('backend', ['daqp', 'cvxpy'])
 def test_filter_starved_of_cpu_falls_back_and_the_arm_stays_safe(graph, scenario, backend):
     # 3 ms of CPU in every 20 ms (like a cgroup quota): a QP solve that straddles a stop
-    # overruns its budget and must fall back. The shipped daqp solves in ~15 us, so that is
-    # rare and the stale safe commands make the monitor hold; the cvxpy reference backend
-    # (~1.5 ms per solve, a shipped option) overruns on most stops.
+    # overruns its budget and must fall back. The cvxpy reference backend (~1.5 ms per solve,
+    # a shipped option) overruns on most stops: fallbacks, and the monitor holds. The shipped
+    # daqp solves in ~15 us: whether the starved filter's commands come late enough for the
+    # monitor to hold depends on the machine (it kept up at about half rate in one full run,
+    # the monitor NOMINAL throughout, 4 solves over budget falling back), so for daqp the arm's
+    # safety while starved is what is asserted, and that the starvation was real.
     filt = 'safety_filter_node'
     if backend != 'daqp':
         graph.restart_with(filt, graph.shipped_args[filt] + ['-p', f'backend:={backend}'])
@@ -120,13 +123,18 @@ def test_filter_starved_of_cpu_falls_back_and_the_arm_stays_safe(graph, scenario
         t_fault = graph.now()
         with CpuThrottle(graph.procs[filt], run_s=0.003, period_s=0.02):
             time.sleep(4.0)
-            assert wait_rest(graph, 8.0), 'the arm kept moving with a starved filter'
+            t_starved = graph.now()
+            if backend != 'daqp':
+                assert wait_rest(graph, 8.0), 'the arm kept moving with a starved filter'
         statuses = graph.observer.statuses_since(t_fault)
+        steps_starved = len(statuses) - len(graph.observer.statuses_since(t_starved))
         fallbacks = statuses.count('TIME_BUDGET_FALLBACK')
         check_safe(graph, scenario, t_start, budget_fallbacks=fallbacks,
                    filter_steps=len(statuses))
-        assert graph.observer.modes_since(t_fault)[-1] in ('SLOW', 'HOLD')
+        nominal_steps = (t_starved - t_fault) * graph.safety.control_rate_hz
+        assert steps_starved < 0.8 * nominal_steps, (steps_starved, nominal_steps)
         if backend != 'daqp':
+            assert graph.observer.modes_since(t_fault)[-1] in ('SLOW', 'HOLD')
             assert fallbacks > 0, f'no solve over budget while starved: {set(statuses)}'
     finally:
         if backend != 'daqp':
