@@ -79,3 +79,13 @@ def test_the_thread_ends_when_its_context_shuts_down():
     assert not thread.is_alive()
     executor.shutdown(timeout_sec=1.0)
     node.destroy_node()
+
+
+def test_stopping_a_thread_that_never_started_is_harmless():
+    # A bring-up that fails between creating its threads and starting them still shuts down.
+    context = Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    thread = SpinThread(executor)
+    assert thread.stop()
+    stop_spinning_nodes([executor], [thread], [], context)

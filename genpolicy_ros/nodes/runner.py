@@ -74,6 +74,8 @@ class SpinThread(threading.Thread):
         """Leave the spin loop after the current callback; return whether the thread ended."""
         if not self._stopped.done():
             self._stopped.set_result(None)   # its done-callback wakes the executor's wait
+        if self.ident is None:
+            return True                      # never started (a bring-up that failed early)
         self.join(timeout=timeout_s)
         return not self.is_alive()
 
@@ -92,7 +94,8 @@ def stop_spinning_nodes(executors: Iterable[Executor], threads: Iterable[threadi
     for executor in executors:
         executor.shutdown(timeout_sec=2.0)
     for thread in threads:
-        thread.join(timeout=2.0)
+        if thread.ident is not None:   # started (a bring-up may fail before it starts them)
+            thread.join(timeout=2.0)
     for node in nodes:
         node.destroy_node()
     if context is not None:
