@@ -52,28 +52,28 @@ def test_spin_thread_runs_callbacks_and_stops_without_an_exception_in_any_thread
     assert errors == []
 
 
-def test_stop_returns_promptly_on_an_idle_executor():
-    # An executor waiting with nothing to do (no timer, no message) is woken by stop().
+def _idle_spin(name: str):
+    """Return ``(context, node, executor, thread)``: a node without timers, spinning."""
     context = Context()
     rclpy.init(context=context)
-    node = rclpy.create_node('spin_thread_idle', context=context)
+    node = rclpy.create_node(name, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     thread = SpinThread(executor)
     thread.start()
+    return context, node, executor, thread
+
+
+def test_stop_returns_promptly_on_an_idle_executor():
+    # An executor waiting with nothing to do (no timer, no message) is woken by stop().
+    context, node, executor, thread = _idle_spin('spin_thread_idle')
     time.sleep(0.2)
     assert thread.stop(timeout_s=5.0)   # spins without a timeout: only the wake ends it
     stop_spinning_nodes([executor], [thread], [node], context)
 
 
 def test_the_thread_ends_when_its_context_shuts_down():
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node('spin_thread_ctx', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = SpinThread(executor)
-    thread.start()
+    context, node, executor, thread = _idle_spin('spin_thread_ctx')
     rclpy.try_shutdown(context=context)
     thread.join(timeout=5.0)
     assert not thread.is_alive()
