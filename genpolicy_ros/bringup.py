@@ -410,7 +410,7 @@ class ProcessBringup:
         self._nodes: List[Node] = []
         atexit.register(self.shutdown)
         self._install_signal_handlers()
-        choose_transport()   # for this process's own participant (watcher, recorder)
+        choose_transport()   # before the children start: they inherit it
         try:
             for proc in self.procs.values():
                 proc.start()
