@@ -42,7 +42,6 @@ import yaml
 
 from genpolicy_ros.monitor.gate import Mode
 from genpolicy_ros.nodes import conversions as cv
-from genpolicy_ros.nodes.dds import choose_transport
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args, stop_all
 from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
 from genpolicy_ros.paths import config_path
@@ -144,7 +143,6 @@ class Bringup:
         from genpolicy_ros.nodes.policy_node import PolicyNode
         from genpolicy_ros.nodes.safety_filter_node import SafetyFilterNode
         from genpolicy_ros.nodes.sim_node import SimNode
-        choose_transport()
         self.context = Context()
         rclpy.init(context=self.context)
         ctx = dict(context=self.context)
@@ -410,7 +408,6 @@ class ProcessBringup:
         self._nodes: List[Node] = []
         atexit.register(self.shutdown)
         self._install_signal_handlers()
-        choose_transport()   # before the children start: they inherit it
         try:
             for proc in self.procs.values():
                 proc.start()

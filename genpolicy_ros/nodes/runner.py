@@ -13,7 +13,6 @@ from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedE
 from rclpy.node import Node
 from rclpy.task import Future
 
-from genpolicy_ros.nodes.dds import choose_transport
 from genpolicy_ros.nodes.process import die_with_parent
 
 
@@ -27,7 +26,6 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
     ends (SIGTERM, a clean shutdown) when the process that started it dies.
     """
     die_with_parent()
-    choose_transport()
     rclpy.init(args=args)
     node = factory()
     executor = SingleThreadedExecutor()

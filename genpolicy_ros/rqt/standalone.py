@@ -26,8 +26,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from genpolicy_ros.nodes.dds import choose_transport
     from genpolicy_ros.nodes.runner import SpinThread
+
     from genpolicy_ros.rqt.bridge import OperatorBridge
     from genpolicy_ros.rqt.config import GuiConfig
     from genpolicy_ros.rqt.monitor_widget import MonitorWidget
@@ -35,7 +35,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from genpolicy_ros.rqt.qt import QtCore, QtWidgets
 
     config = GuiConfig.load(args.config)
-    choose_transport()
     rclpy.init(args=ros_args)
     node = rclpy.create_node('genpolicy_monitor_gui')
     state = OperatorState(config.history_s, config.max_events)

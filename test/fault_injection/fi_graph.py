@@ -49,7 +49,6 @@ from genpolicy_ros.nodes import conversions as cv
 # The node processes and their parameters: shared with genpolicy-sim (re-exported here).
 from genpolicy_ros.nodes.process import (NodeProcess, node_parameters, ros_param_args,
                                          stop_all)
-from genpolicy_ros.nodes.dds import choose_transport
 from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION
 from genpolicy_ros.robot import FrankaModel
@@ -731,7 +730,6 @@ class FaultGraph:
             proc.env = {'ROS_DOMAIN_ID': str(self.domain_id)}
         self.shipped_args = {name: list(p.args) for name, p in self.procs.items()}
         # A private domain: other test modules run nodes with the same names and topics.
-        choose_transport()   # the relays publish to the node processes, as the sim does
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
         self.observer = Observer(self.context)
