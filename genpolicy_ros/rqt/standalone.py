@@ -27,7 +27,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from genpolicy_ros.nodes.runner import SpinThread
-
     from genpolicy_ros.rqt.bridge import OperatorBridge
     from genpolicy_ros.rqt.config import GuiConfig
     from genpolicy_ros.rqt.monitor_widget import MonitorWidget
