@@ -78,22 +78,16 @@ class SpinThread(threading.Thread):
         return not self.is_alive()
 
 
-def stop_spinning_nodes(executors: Iterable[Executor], threads: Iterable[threading.Thread],
+def stop_spinning_nodes(executors: Iterable[Executor], threads: Iterable[SpinThread],
                         nodes: Iterable[Node], context: Optional[Context]) -> None:
     """Stop the spin threads, shut the executors down, destroy the nodes and the context.
 
-    In that order, so that no callback outlives its node. A :class:`SpinThread` leaves its
-    loop before its executor is shut down; other threads end when their executor does.
+    In that order, so that no callback outlives its node (see :class:`SpinThread`).
     """
-    threads = list(threads)
     for thread in threads:
-        if isinstance(thread, SpinThread):
-            thread.stop()
+        thread.stop()
     for executor in executors:
         executor.shutdown(timeout_sec=2.0)
-    for thread in threads:
-        if thread.ident is not None:   # started (a bring-up may fail before it starts them)
-            thread.join(timeout=2.0)
     for node in nodes:
         node.destroy_node()
     if context is not None:
