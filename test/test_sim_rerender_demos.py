@@ -49,9 +49,14 @@ def test_same_camera_reproduces_the_recorded_frames(recorded, tmp_path):
     assert meta['rerendered_from'] == str(recorded)
     assert meta['rerender']['episodes'] == 1 and meta['rerender']['frames_this_run'] > 5
     assert meta['seeds'] == [3]
-    # A second run finds the file done and renders nothing (resume).
+    # A second run finds the set done and leaves it as it is.
+    stamp = (dst / 'episode_00000.npz').stat().st_mtime_ns
+    assert rerender_demos.rerender(recorded, dst, jobs=1) == meta
+    assert (dst / 'episode_00000.npz').stat().st_mtime_ns == stamp
+    # An interrupted run (an episode missing) renders only what is missing.
+    (dst / 'episode_00000.npz').unlink()
     meta = rerender_demos.rerender(recorded, dst, jobs=1)
-    assert meta['rerender']['frames_this_run'] == 0
+    assert meta['rerender']['frames_this_run'] == old['images'].shape[0]
 
 
 def test_another_camera_changes_only_the_frames(recorded, tmp_path, monkeypatch):

@@ -80,13 +80,16 @@ def _rerender_file(job: Tuple[str, str]) -> int:
 def rerender(src: Path, dst: Path, jobs: int = 2) -> dict:
     """Re-render every ``episode_*.npz`` of ``src`` into ``dst``; return the new meta dict.
 
-    Files already present in ``dst`` are kept (an interrupted run resumes).
+    Files already present in ``dst`` are kept (an interrupted run resumes); a finished set
+    is left as it is.
     """
     files = sorted(src.glob('episode_*.npz'))
     if not files:
         raise FileNotFoundError(f'{src} has no episode_*.npz files')
     dst.mkdir(parents=True, exist_ok=True)
     todo = [(str(f), str(dst / f.name)) for f in files if not (dst / f.name).is_file()]
+    if not todo and (dst / 'meta.json').is_file():
+        return json.loads((dst / 'meta.json').read_text())  # done before: nothing to add
     t0 = time.monotonic()
     frames = 0
     ctx = mp.get_context('spawn')
