@@ -56,7 +56,6 @@ def render_states(world: PandaWorld, q: np.ndarray, cube_pose: np.ndarray,
 
 def _init_worker() -> None:
     global _WORLD
-    os.environ.setdefault('OMP_NUM_THREADS', '1')
     _WORLD = PandaWorld(SimConfig.load(), gui=False)
     _WORLD.reset(0)
 
