@@ -177,10 +177,16 @@ def test_stale_commands_decelerate_to_a_hold(connect):
     assert backend.sample().following
     assert np.max(np.abs(backend.sample().dq)) > 0.1, 'the arm did not move'
     assert backend.wait_for(lambda s: not s.following, 1.0)
+    assert backend.wait_for(lambda s: np.max(np.abs(s.dq_c)) == 0.0, 2.0), 'set-point moves'
     assert backend.wait_for(lambda s: np.max(np.abs(s.dq)) < 1e-3, 2.0)
     rest = backend.sample()
     time.sleep(0.3)
-    assert np.max(np.abs(backend.sample().q - rest.q)) < 1e-3, 'drifts while holding'
+    now = backend.sample()
+    # The hold is the set-point at rest; the simulated arm may still settle onto it (once a
+    # 1.6 mrad bounce after dq first read ~0), so drift is judged on the set-point and where
+    # the arm ends up, not on the arm's position at that first instant.
+    assert np.max(np.abs(now.q_c - rest.q_c)) < 1e-9, 'the set-point drifts while holding'
+    assert np.max(np.abs(now.q - now.q_c)) < 1e-3, 'the arm is off its hold set-point'
     assert rest.counters['stale_holds'] == stale_before + 1
     assert backend.status().status == Status.ACTIVE
 
