@@ -205,3 +205,26 @@ def test_report_time_accounting(recorded):
     for box in (cfg.workspace, cfg.task_area):
         (x0, x1), (y0, y1) = box.bounds_m()
         assert x0 < 0.5 < x1 and y0 < 0.0 < y1
+
+
+def test_barrier_plot_names_only_the_barriers_closest_to_the_boundary(tmp_path, monkeypatch):
+    """Check: with many barriers the legend names the lowest few and counts the rest."""
+    import dataclasses
+    from genpolicy_ros.recording import report
+    cfg = dataclasses.replace(ReportConfig.load(), max_barrier_lines=3)
+    times = np.linspace(0.0, 1.0, 20)
+    # Barrier k dips to k/10 (so b00..b02 come closest to h = 0); b05 is active once.
+    barriers = {f'b{k:02d}': [(float(t), 1.0 + k / 10 - np.sin(np.pi * t), k == 5 and i == 3)
+                              for i, t in enumerate(times)] for k in range(15)}
+    empty = (np.zeros(0), np.zeros(0))
+    run = report.Run(path='x.mcap', start_ns=0, duration_s=1.0, counts={}, types={},
+                     speeds={}, score=empty, threshold=empty, barriers=barriers, modes=[],
+                     joint_states=[], safe_commands=[], chunk_targets=np.zeros((0, 3)),
+                     snapshot=None)
+    figures = []
+    monkeypatch.setattr(report, '_save', lambda fig, path, c: figures.append(fig) or path)
+    report.plot_barriers(run, cfg, tmp_path)
+    (ax,) = figures[0].axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ['b00', 'b01', 'b02', '12 more (grey)']
+    report.plt.close(figures[0])

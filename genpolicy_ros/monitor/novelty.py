@@ -411,7 +411,9 @@ def encoder_features(encoder, images: np.ndarray) -> np.ndarray:
     """Keypoints and last-layer channel means of ``encoder`` for uint8 frames (B, H, W, 3)."""
     import torch
     from genpolicy_ros.policy.network import images_to_tensor
-    arr = np.ascontiguousarray(images, dtype=np.uint8)
+    # Writable as well as contiguous: torch.from_numpy warns on read-only arrays (frames
+    # decoded from a ROS message buffer are read-only); copies only when needed.
+    arr = np.require(images, dtype=np.uint8, requirements=['C', 'W'])
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f'images must be (B, H, W, 3) uint8, got {arr.shape}')
     with torch.no_grad():

@@ -110,6 +110,7 @@ class ReportConfig:
     figure_width_in: float
     panel_height_in: float
     max_plot_points: int
+    max_barrier_lines: int
     urdf_file: str
     ee_link: str
     workspace: BoxSource          # the safety filter's EE box (a barrier)

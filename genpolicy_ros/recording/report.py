@@ -211,16 +211,30 @@ def plot_speed(run: Run, cfg: ReportConfig, out: Path) -> Path:
 def plot_barriers(run: Run, cfg: ReportConfig, out: Path) -> Path:
     """Barrier values h(t); thick where the constraint was active; h = 0 is the boundary."""
     fig, ax = plt.subplots(figsize=(cfg.figure_width_in, cfg.panel_height_in))
-    for name, points in sorted(run.barriers.items()):
-        a = np.asarray([(t, h, float(act)) for t, h, act in points])
-        line, = ax.plot(a[:, 0], a[:, 1], lw=1.2, label=name)
+    series = {name: np.asarray([(t, h, float(act)) for t, h, act in points])
+              for name, points in run.barriers.items()}
+    # Name only the barriers that came closest to the boundary: a legend of all ~40 covers
+    # the plot and the figure.
+    closest = sorted(series, key=lambda n: float(series[n][:, 1].min()))
+    named = set(closest[:cfg.max_barrier_lines])
+    others = len(series) - len(named)
+    for name in sorted(series, key=lambda n: n in named):  # named lines drawn on top
+        a = series[name]
+        if name in named:
+            line, = ax.plot(a[:, 0], a[:, 1], lw=1.2, label=name)
+            color = line.get_color()
+        else:
+            color = '#9e9e9e'
+            ax.plot(a[:, 0], a[:, 1], lw=0.6, color=color, alpha=0.6)
         act = a[:, 2] > 0.5
-        ax.plot(a[act, 0], a[act, 1], '.', color=line.get_color(), ms=5)
+        ax.plot(a[act, 0], a[act, 1], '.', color=color, ms=5)
+    if others:
+        ax.plot([], [], lw=0.6, color='#9e9e9e', label=f'{others} more (grey)')
     ax.axhline(0.0, color='#c62828', lw=1.0, ls='--')
     ax.set(xlabel='time [s]', ylabel='h', title='Barrier values (dots: active; h >= 0 safe)')
     ax.grid(alpha=0.3)
     if run.barriers:
-        ax.legend(loc='upper right', fontsize='small', ncol=2)
+        ax.legend(loc='center left', bbox_to_anchor=(1.01, 0.5), fontsize='small')
     return _save(fig, out / 'barriers.png', cfg)
 
 
