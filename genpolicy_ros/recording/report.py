@@ -218,7 +218,7 @@ def plot_barriers(run: Run, cfg: ReportConfig, out: Path) -> Path:
     closest = sorted(series, key=lambda n: float(series[n][:, 1].min()))
     named = set(closest[:cfg.max_barrier_lines])
     others = len(series) - len(named)
-    for name in sorted(series, key=lambda n: n in named):  # named lines drawn on top
+    for name in sorted(series, key=lambda n: (n in named, n)):  # named ones drawn on top
         a = series[name]
         if name in named:
             line, = ax.plot(a[:, 0], a[:, 1], lw=1.2, label=name)
