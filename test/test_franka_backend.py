@@ -183,9 +183,9 @@ def test_stale_commands_decelerate_to_a_hold(connect):
     time.sleep(0.3)
     now = backend.sample()
     # The hold is the set-point at rest: judged on the set-point and where the arm ends up, not
-    # on the arm at the first instant dq read ~0 (once, in a fresh clone, the arm was 1.6 mrad
-    # back from there 0.3 s later; test_driver_node saw the same 1.6 mrad once on PyBullet;
-    # cause not established - a set-point that moves after the stop still fails here).
+    # on the arm at the first instant dq read ~0: the simulated arm overshoots the stopped
+    # set-point and comes back (traced in test_driver_node: 0.44 mrad idle, 1.6 mrad seen under
+    # load), and its dq is ~0 at the turning point. A set-point that moves still fails here.
     assert np.max(np.abs(now.q_c - rest.q_c)) < 1e-9, 'the set-point drifts while holding'
     assert np.max(np.abs(now.q - now.q_c)) < 1e-3, 'the arm is off its hold set-point'
     assert rest.counters['stale_holds'] == stale_before + 1
