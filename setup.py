@@ -44,7 +44,6 @@ setup(
             'genpolicy-eval = genpolicy_ros.evaluation:main',
             'genpolicy-record-demos = genpolicy_ros.sim.record_demos:main',
             'genpolicy-rerender-demos = genpolicy_ros.sim.rerender_demos:main',
-            'genpolicy-relabel-demos = genpolicy_ros.sim.relabel_demos:main',
             'genpolicy-collect = genpolicy_ros.policy.collect:main',
             'genpolicy-train = genpolicy_ros.policy.train:main',
             'genpolicy-finetune = genpolicy_ros.policy.finetune:main',

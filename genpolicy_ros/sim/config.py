@@ -120,7 +120,7 @@ class TaskConfig(_FromDict):
 
 @dataclasses.dataclass(frozen=True)
 class ExpertConfig(_FromDict):
-    """Scripted push expert geometry (the push corridor and the detour around the cube)."""
+    """Scripted push expert geometry and hysteresis thresholds."""
 
     max_step_m: float
     prepush_offset_m: float
@@ -128,9 +128,9 @@ class ExpertConfig(_FromDict):
     clearance_radius_m: float
     side_back_offset_m: float
     min_behind_m: float
-    push_corridor_half_width_m: float
-    push_corridor_back_margin_m: float
-    push_max_distance_m: float
+    push_enter_tolerance_m: float
+    push_exit_lateral_m: float
+    push_exit_distance_m: float
     line_gain: float
     goal_overshoot_m: float
 

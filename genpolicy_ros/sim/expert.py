@@ -2,18 +2,12 @@
 
 Reads the cube pose, the goal and the measured TCP position every decision step (10 Hz) and
 returns an absolute TCP target: xy at most ``max_step_m`` from the measured TCP, z at the push
-height. Memoryless: the action is a function of the current state only, so every state (and so
-every camera frame) gets one label, whatever happened before it. Two modes:
+height. Two modes with hysteresis:
 
-* push, while the TCP is in the push corridor (behind the cube on the cube-goal line, at most
-  ``push_corridor_half_width_m`` off it): move along the cube-goal direction, steering back onto
-  the line through the cube centre;
-* approach, everywhere else: go to the pre-push point ``prepush_offset_m`` behind the cube,
-  detouring around the cube on the side the TCP is on when the straight path would hit it.
-
-An earlier version kept the mode and the detour side between calls (hysteresis); behind a
-policy that drives (DAgger) the same state then got different labels depending on its history
-(10% of the recorded labels differed from this expert's).
+* approach: go to the pre-push point ``prepush_offset_m`` behind the cube on the cube-goal
+  line, detouring around the cube through a lateral waypoint when the straight path would hit it;
+* push: move along the cube-goal direction, steering back onto the line through the cube
+  centre; fall back to approach when the TCP leaves that line, gets ahead of the cube or loses it.
 """
 
 from __future__ import annotations
@@ -34,11 +28,10 @@ def _segment_distance(a: np.ndarray, b: np.ndarray, p: np.ndarray) -> float:
 
 
 class ScriptedPushExpert:
-    """Reactive, memoryless push expert: ``act(obs) -> ee_target (3,)``.
+    """Reactive push expert: ``act(obs) -> ee_target (3,)``.
 
     ``obs`` needs ``ee_pos`` (3,), ``cube_pose`` (7,) and ``goal`` (2,), all world frame [m].
-    ``mode`` is ``'approach'`` or ``'push'`` after each call (for logs and tests); it is an
-    output, never an input of the next call.
+    ``mode`` is ``'approach'`` or ``'push'`` after each call (for logs and tests).
     """
 
     def __init__(self, config: Optional[ExpertConfig] = None,
@@ -52,8 +45,9 @@ class ScriptedPushExpert:
         self.reset()
 
     def reset(self) -> None:
-        """Start an episode (clears the logged mode; the expert keeps no other state)."""
+        """Forget the mode and detour side (call at the start of every episode)."""
         self.mode = 'approach'
+        self._side = 0.0
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Return the absolute TCP target ``[x, y, z]`` [m] for this decision step."""
@@ -69,12 +63,14 @@ class ScriptedPushExpert:
         n = np.array([-u[1], u[0]])
         rel = ee - cube
         along, lateral = float(rel @ u), float(rel @ n)
-        in_corridor = (abs(lateral) <= cfg.push_corridor_half_width_m
-                       and -cfg.prepush_offset_m - cfg.push_corridor_back_margin_m
-                       <= along <= -cfg.min_behind_m
-                       and float(np.linalg.norm(rel)) <= cfg.push_max_distance_m)
-        self.mode = 'push' if in_corridor else 'approach'
-        if in_corridor:
+        if self.mode == 'push':
+            if (abs(lateral) > cfg.push_exit_lateral_m or along > -cfg.min_behind_m
+                    or np.linalg.norm(rel) > cfg.push_exit_distance_m):
+                self.mode = 'approach'
+        prepush = cube - u * cfg.prepush_offset_m
+        if self.mode == 'approach' and np.linalg.norm(ee - prepush) < cfg.push_enter_tolerance_m:
+            self.mode = 'push'
+        if self.mode == 'push':
             # Forward along the push line, steering the TCP back onto the line through the cube.
             direction = u * cfg.max_step_m - cfg.line_gain * lateral * n
             direction /= np.linalg.norm(direction)
@@ -86,9 +82,10 @@ class ScriptedPushExpert:
                            n: np.ndarray, along: float, lateral: float) -> np.ndarray:
         """Return the next waypoint toward the pre-push point that keeps clear of the cube."""
         cfg = self.config
-        # Detour on the TCP's side of the push line: moving there only increases |lateral|,
-        # so the choice is stable without remembering it.
-        side = (1.0 if lateral >= 0.0 else -1.0) * n * cfg.lateral_clearance_m
+        # Detour side with hysteresis so the expert does not dither when straight in front.
+        if self._side == 0.0 or lateral * self._side < -cfg.lateral_clearance_m / 2.0:
+            self._side = 1.0 if lateral >= 0.0 else -1.0
+        side = self._side * n * cfg.lateral_clearance_m
         candidates = (
             cube - u * cfg.prepush_offset_m,
             cube + side - u * cfg.side_back_offset_m,
