@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import multiprocessing as mp
+import os
 from pathlib import Path
+import time
 from typing import List, Optional, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from genpolicy_ros.sim.config import SimConfig
-from genpolicy_ros.sim.demo_rewrite import (load_episode, read_meta, rewrite_set, save_episode,
-                                            write_meta)
 from genpolicy_ros.sim.record_demos import camera_meta
 from genpolicy_ros.sim.world import PandaWorld
 
@@ -60,13 +63,16 @@ def _init_worker() -> None:
 def _rerender_file(job: Tuple[str, str]) -> int:
     src, dst = job
     assert _WORLD is not None
-    data = load_episode(src)
+    with np.load(src) as ep:
+        data = {k: ep[k] for k in ep.files}
     images = render_states(_WORLD, data['q'], data['cube_pose'], data['goal'])
     if images.shape[0] != data['images'].shape[0]:
         raise RuntimeError(f'{src}: rendered {images.shape[0]} frames, had '
                            f'{data["images"].shape[0]}')
     data['images'] = images
-    save_episode(data, dst)
+    tmp = dst + '.tmp.npz'
+    np.savez_compressed(tmp, **data)
+    os.replace(tmp, dst)
     return int(images.shape[0])
 
 
@@ -76,19 +82,32 @@ def rerender(src: Path, dst: Path, jobs: int = 2) -> dict:
     Files already present in ``dst`` are kept (an interrupted run resumes); a finished set
     is left as it is.
     """
-    done = rewrite_set(src, dst, _rerender_file, jobs, _init_worker, f're-rendering {src.name}')
-    if done is None:
-        return read_meta(dst)  # done before: nothing to add
-    episodes, frames, seconds = done
+    files = sorted(src.glob('episode_*.npz'))
+    if not files:
+        raise FileNotFoundError(f'{src} has no episode_*.npz files')
+    dst.mkdir(parents=True, exist_ok=True)
+    todo = [(str(f), str(dst / f.name)) for f in files if not (dst / f.name).is_file()]
+    if not todo and (dst / 'meta.json').is_file():
+        return json.loads((dst / 'meta.json').read_text())  # done before: nothing to add
+    t0 = time.monotonic()
+    frames = 0
+    ctx = mp.get_context('spawn')
+    with ctx.Pool(max(1, int(jobs)), initializer=_init_worker) as pool:
+        for n in tqdm(pool.imap_unordered(_rerender_file, todo), total=len(todo),
+                      desc=f're-rendering {src.name}', unit='ep'):
+            frames += n
     world = PandaWorld(SimConfig.load(), gui=False)
     try:
         camera = camera_meta(world)
     finally:
         world.close()
-    return write_meta(src, dst, {
-        'camera': camera, 'rerendered_from': str(src),
-        'rerender': {'tool': 'genpolicy-rerender-demos', 'episodes': episodes,
-                     'frames_this_run': int(sum(frames)), 'time_s': seconds}})
+    meta = json.loads((src / 'meta.json').read_text()) if (src / 'meta.json').is_file() else {}
+    meta['camera'] = camera
+    meta['rerendered_from'] = str(src)
+    meta['rerender'] = {'tool': 'genpolicy-rerender-demos', 'episodes': len(files),
+                        'frames_this_run': frames, 'time_s': time.monotonic() - t0}
+    (dst / 'meta.json').write_text(json.dumps(meta, indent=1, default=str))
+    return meta
 
 
 def main(argv: Optional[List[str]] = None) -> None:
