@@ -55,6 +55,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory  # noqa: E402
 from fi_checks import OperatorOnDuty  # noqa: E402
 from fi_graph import claim_domain  # noqa: E402
 from genpolicy_ros.nodes import conversions as cv  # noqa: E402
+from genpolicy_ros.nodes.dds import choose_dds_profile  # noqa: E402
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args  # noqa: E402
 from genpolicy_ros.nodes.realtime import realtime_thread  # noqa: E402
 
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
              NodeProcess('policy_node', 'policy_node', [], log_dir),
              NodeProcess('safety_filter_node', 'safety_filter_node', [], log_dir),
              NodeProcess('monitor_node', 'monitor_node', [], log_dir)]
+    choose_dds_profile()   # before the node processes start: they inherit it
     context = Context()
     rclpy.init(context=context, domain_id=args.domain)
     listener = Listener(context)

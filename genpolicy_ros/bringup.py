@@ -42,6 +42,7 @@ import yaml
 
 from genpolicy_ros.monitor.gate import Mode
 from genpolicy_ros.nodes import conversions as cv
+from genpolicy_ros.nodes.dds import choose_dds_profile
 from genpolicy_ros.nodes.process import NodeProcess, ros_param_args, stop_all
 from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
 from genpolicy_ros.paths import config_path
@@ -143,6 +144,7 @@ class Bringup:
         from genpolicy_ros.nodes.policy_node import PolicyNode
         from genpolicy_ros.nodes.safety_filter_node import SafetyFilterNode
         from genpolicy_ros.nodes.sim_node import SimNode
+        choose_dds_profile()
         self.context = Context()
         rclpy.init(context=self.context)
         ctx = dict(context=self.context)
@@ -408,6 +410,7 @@ class ProcessBringup:
         self._nodes: List[Node] = []
         atexit.register(self.shutdown)
         self._install_signal_handlers()
+        choose_dds_profile()   # before the children start: they inherit it
         try:
             for proc in self.procs.values():
                 proc.start()

@@ -15,6 +15,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
+from genpolicy_ros.nodes.dds import choose_dds_profile
 from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
 
 
@@ -85,6 +86,7 @@ def ros_graph(*factories: Callable[[Context], Node]) -> Iterator[tuple]:
     other thread of the process (measured: a 100 Hz publisher fell to 8 Hz).
     Yields ``(context, probe, nodes)``; everything is destroyed on exit.
     """
+    choose_dds_profile()   # as every process of the stack does
     context = Context()
     rclpy.init(context=context)
     probe = Probe(context)

@@ -13,6 +13,7 @@ from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedE
 from rclpy.node import Node
 from rclpy.task import Future
 
+from genpolicy_ros.nodes.dds import choose_dds_profile
 from genpolicy_ros.nodes.process import die_with_parent
 
 
@@ -26,6 +27,7 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
     ends (SIGTERM, a clean shutdown) when the process that started it dies.
     """
     die_with_parent()
+    choose_dds_profile()
     rclpy.init(args=args)
     node = factory()
     executor = SingleThreadedExecutor()

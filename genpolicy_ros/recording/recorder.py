@@ -156,12 +156,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
+    from genpolicy_ros.nodes.dds import choose_dds_profile
+
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument('output', help='MCAP file to write')
     parser.add_argument('--duration-s', type=float, default=None,
                         help='stop after this many seconds (default: until Ctrl-C)')
     parser.add_argument('--config', default=None, help='operator YAML (default: package one)')
     args, ros_args = parser.parse_known_args(argv)
+    choose_dds_profile()
     rclpy.init(args=ros_args)
     node = rclpy.create_node('mcap_recorder')
     recorder = McapRecorder.from_config(node, args.output, RecorderConfig.load(args.config))

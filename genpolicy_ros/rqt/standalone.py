@@ -26,6 +26,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    from genpolicy_ros.nodes.dds import choose_dds_profile
     from genpolicy_ros.nodes.runner import SpinThread
     from genpolicy_ros.rqt.bridge import OperatorBridge
     from genpolicy_ros.rqt.config import GuiConfig
@@ -34,6 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from genpolicy_ros.rqt.qt import QtCore, QtWidgets
 
     config = GuiConfig.load(args.config)
+    choose_dds_profile()
     rclpy.init(args=ros_args)
     node = rclpy.create_node('genpolicy_monitor_gui')
     state = OperatorState(config.history_s, config.max_events)

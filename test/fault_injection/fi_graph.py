@@ -47,6 +47,7 @@ from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from genpolicy_ros.nodes import conversions as cv
 # The node processes and their parameters: shared with genpolicy-sim (re-exported here).
+from genpolicy_ros.nodes.dds import choose_dds_profile
 from genpolicy_ros.nodes.process import (NodeProcess, node_parameters, ros_param_args,
                                          stop_all)
 from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
@@ -730,6 +731,7 @@ class FaultGraph:
             proc.env = {'ROS_DOMAIN_ID': str(self.domain_id)}
         self.shipped_args = {name: list(p.args) for name, p in self.procs.items()}
         # A private domain: other test modules run nodes with the same names and topics.
+        choose_dds_profile()   # the relays publish to the node processes, as the sim does
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
         self.observer = Observer(self.context)
