@@ -3,10 +3,11 @@
 ROS 2's default RMW (rmw_fastrtps) carries messages between processes of one machine in shared
 memory, in a segment of 512 KiB per participant by default (Fast DDS 3.2) - less than one
 640x480 RGB frame (900 KiB). Measured here (a 30 Hz publisher of such frames, sensor-data QoS):
-a subscriber got 0.5-9.5 frames per second (median 4, 2 s windows); a subscriber killed with SIGKILL could leave the
-camera unable to reach any subscriber, the restarted one included (the fault suite's
-``kill9[policy_node]``). With the segment at 8 MiB (``config/fastdds.xml``): 29.5 frames per
-second, and a subscriber restarted after each of ten kill -9s received frames within 2 s.
+a subscriber got 0.5-9.5 frames per second (median 4, 2 s windows); a subscriber killed with
+SIGKILL could leave the camera unable to reach any subscriber, the restarted one included (the
+fault suite's ``kill9[policy_node]``). With the segment at 8 MiB (``config/fastdds.xml``): 29.5
+frames per second, and a subscriber restarted after each of ten kill -9s received frames
+within 2 s.
 
 Every process of the stack calls :func:`choose_dds_profile` before ``rclpy.init`` (Fast DDS
 reads the variable when it creates its first participant); child processes inherit it. A
