@@ -29,3 +29,30 @@ def test_wilson_interval():
     lo, hi = wilson_interval(45, 50)
     assert lo < 0.9 < hi and 0.78 < lo < 0.80 and 0.95 < hi < 0.97
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_lockstep_episodes_do_not_depend_on_how_long_a_solve_takes():
+    # Lock-step runs on simulated time: a solve slower than the filter's wall-clock budget (a
+    # loaded machine) must not turn into a fallback hold there, or an episode's result (and the
+    # monitor's false-alarm test built on it) would depend on machine load.
+    from dataclasses import replace
+
+    from genpolicy_ros.evaluation import LockstepStack
+    stack = LockstepStack('expert', monitor='off', max_decisions=20)
+    try:
+        fast = stack.run_episode(100004)
+        solve = stack.filter.backend.solve
+
+        def slow_solve(problem):
+            # The same answer, reported as 50 ms of wall time (the budget is 8 ms).
+            return replace(solve(problem), solve_time_s=0.05)
+
+        stack.filter.backend.solve = slow_solve
+        slow = stack.run_episode(100004)
+    finally:
+        stack.close()
+    assert 'TIME_BUDGET_FALLBACK' not in slow.filter_status, slow.filter_status
+    assert slow.filter_status == fast.filter_status
+    assert (slow.decisions, slow.final_distance_m, slow.violations) == \
+        (fast.decisions, fast.final_distance_m, fast.violations)
+    assert slow.intervention_mps == fast.intervention_mps
