@@ -133,21 +133,39 @@ class AutoRelease(OperatorOnDuty):
 
 
 def stage(graph: FaultGraph, point: np.ndarray, timeout_s: float = 30.0) -> bool:
-    """Move the EE straight up to ``TRAVEL_Z_M``, then to ``point``; return whether it got there.
+    """Move the EE straight up to ``TRAVEL_Z_M``, then to ``point``; return True when there.
 
     The sim's cube is a real body the filter does not know (an unmodelled obstacle is outside
-    its guarantee): attacks start from above it.
+    its guarantee): attacks start from above it. A leg not reached in ``timeout_s`` raises an
+    AssertionError saying where the arm stopped and what the monitor and filter said meanwhile.
     """
     point = np.asarray(point, dtype=float)
     up = graph.ee().copy()
     up[2] = max(up[2], TRAVEL_Z_M)
     above = np.array([point[0], point[1], max(point[2], TRAVEL_Z_M)])
-    with AutoRelease(graph):
-        for target, tol in ((up, 0.01), (above, 0.01), (point, 0.005)):
+    with AutoRelease(graph) as operator:
+        for leg, (target, tol) in enumerate(((up, 0.01), (above, 0.01), (point, 0.005))):
+            t0 = graph.now()
             graph.policy.reference = lambda t, p=target: p
             if not wait_for(lambda: np.linalg.norm(graph.ee() - target) < tol, timeout_s, 0.05):
-                return False
+                raise AssertionError(_stage_failure(graph, leg, target, tol, t0, operator.resets))
     return True
+
+
+def _stage_failure(graph: FaultGraph, leg: int, target: np.ndarray, tol: float, t0: float,
+                   resets: int) -> str:
+    ee = graph.ee()
+    t, q, dq = graph.observer.arm_window(graph.now() - 1.0)
+    speed = float(graph.analysis.speeds(q, dq).max()) if len(t) else float('nan')
+    modes = graph.observer.modes_since(t0)
+    statuses = graph.observer.statuses_since(t0)
+    return (f'stage leg {leg} not reached: EE {np.round(ee, 4)}, target {np.round(target, 4)}, '
+            f'{np.linalg.norm(ee - target) * 1e3:.1f} mm off (tolerance {tol * 1e3:.0f} mm), EE '
+            f'speed over the last second <= {speed:.4f} m/s; monitor modes since the leg began: '
+            f'{sorted(set(modes))} (last {modes[-1] if modes else None}, operator resets '
+            f'{resets}); filter statuses: '
+            f'{ {s: statuses.count(s) for s in set(statuses)} }; {graph.policy.status()}\n'
+            + graph.logs())
 
 
 def move_with_policy_node(graph: FaultGraph, attempts: int = 3) -> float:
