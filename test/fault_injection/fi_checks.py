@@ -143,11 +143,16 @@ def stage(graph: FaultGraph, point: np.ndarray, timeout_s: float = 30.0) -> bool
     up = graph.ee().copy()
     up[2] = max(up[2], TRAVEL_Z_M)
     above = np.array([point[0], point[1], max(point[2], TRAVEL_Z_M)])
+    # The first leg only has to reach the travel height: where an earlier test left the arm at
+    # a barrier (a folded elbow near the base), the filter rightly keeps it a centimetre from
+    # its own start point (seen: at rest 10.1 mm away, the filter intervening on every step).
+    legs = ((up, 0.01, slice(2, 3)), (above, 0.01, slice(0, 3)), (point, 0.005, slice(0, 3)))
     with AutoRelease(graph) as operator:
-        for leg, (target, tol) in enumerate(((up, 0.01), (above, 0.01), (point, 0.005))):
+        for leg, (target, tol, axes) in enumerate(legs):
             t0 = graph.now()
             graph.policy.reference = lambda t, p=target: p
-            if not wait_for(lambda: np.linalg.norm(graph.ee() - target) < tol, timeout_s, 0.05):
+            if not wait_for(lambda: np.linalg.norm((graph.ee() - target)[axes]) < tol,
+                            timeout_s, 0.05):
                 raise AssertionError(_stage_failure(graph, leg, target, tol, t0, operator.resets))
     return True
 
