@@ -153,19 +153,21 @@ def stage(graph: FaultGraph, point: np.ndarray, timeout_s: float = 30.0) -> bool
             graph.policy.reference = lambda t, p=target: p
             if not wait_for(lambda: np.linalg.norm((graph.ee() - target)[axes]) < tol,
                             timeout_s, 0.05):
-                raise AssertionError(_stage_failure(graph, leg, target, tol, t0, operator.resets))
+                raise AssertionError(_stage_failure(graph, leg, target, axes, tol, t0,
+                                                    operator.resets))
     return True
 
 
-def _stage_failure(graph: FaultGraph, leg: int, target: np.ndarray, tol: float, t0: float,
-                   resets: int) -> str:
+def _stage_failure(graph: FaultGraph, leg: int, target: np.ndarray, axes: slice, tol: float,
+                   t0: float, resets: int) -> str:
     ee = graph.ee()
     t, q, dq = graph.observer.arm_window(graph.now() - 1.0)
     speed = float(graph.analysis.speeds(q, dq).max()) if len(t) else float('nan')
     modes = graph.observer.modes_since(t0)
     statuses = graph.observer.statuses_since(t0)
     return (f'stage leg {leg} not reached: EE {np.round(ee, 4)}, target {np.round(target, 4)}, '
-            f'{np.linalg.norm(ee - target) * 1e3:.1f} mm off (tolerance {tol * 1e3:.0f} mm), EE '
+            f'{np.linalg.norm((ee - target)[axes]) * 1e3:.1f} mm off in axes {axes.start}-'
+            f'{axes.stop - 1} (tolerance {tol * 1e3:.0f} mm), EE '
             f'speed over the last second <= {speed:.4f} m/s; monitor modes since the leg began: '
             f'{sorted(set(modes))} (last {modes[-1] if modes else None}, operator resets '
             f'{resets}); filter statuses: '

@@ -46,8 +46,8 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory
 
 from genpolicy_ros.nodes import conversions as cv
-# The node processes and their parameters: shared with genpolicy-sim (re-exported here).
 from genpolicy_ros.nodes.dds import choose_dds_profile
+# The node processes and their parameters: shared with genpolicy-sim (re-exported here).
 from genpolicy_ros.nodes.process import (NodeProcess, node_parameters, ros_param_args,
                                          stop_all)
 from genpolicy_ros.nodes.runner import SpinThread, stop_spinning_nodes
