@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import List
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -47,11 +48,13 @@ def test_the_shared_memory_segment_holds_several_full_frames():
                     for t in root.iter(f'{{{ns["d"]}}}transport_descriptor')}
 
 
-def _peer(*args: str) -> subprocess.Popen:
+def _peer(procs: List[subprocess.Popen], *args: str) -> subprocess.Popen:
+    # The test run's own ROS domain (test/conftest.py); the peers choose the profile themselves.
     env = {k: v for k, v in os.environ.items() if k != PROFILE_ENV}
-    env['ROS_DOMAIN_ID'] = str(200 + os.getpid() % 30)   # a domain of this test's own
-    return subprocess.Popen([sys.executable, PEER, *args], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, PEER, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    procs.append(proc)
+    return proc
 
 
 def _received(proc: subprocess.Popen, timeout_s: float) -> int:
@@ -65,21 +68,22 @@ def test_frames_reach_a_subscriber_restarted_after_another_was_killed():
     # 640x480 frames at 20 Hz; a subscriber that falls behind is killed with SIGKILL while
     # frames are in flight, then a new one must get frames again, and a subscriber that ran
     # throughout must not have lost the stream (with the default 512 KiB segment both failed).
-    pub = _peer('pub')
-    steady = _peer('sub', '14')
+    procs: List[subprocess.Popen] = []
     try:
+        _peer(procs, 'pub')
+        steady = _peer(procs, 'sub', '14')
         time.sleep(1.0)
-        victim = _peer('sub', '60', '0.2')
+        victim = _peer(procs, 'sub', '60', '0.2')
         assert victim.stdout.readline().strip() == 'ready'
         time.sleep(3.0)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
-        restarted = _peer('sub', '6')
+        restarted = _peer(procs, 'sub', '6')
         # Discovery takes up to about a second; 6 s at 20 Hz is 120 frames.
         assert _received(restarted, 30.0) >= 40
         assert _received(steady, 30.0) >= 100   # 14 s at 20 Hz: 280 frames
     finally:
-        for proc in (pub, steady):
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
