@@ -114,3 +114,53 @@ def test_init_from_fine_tunes_on_several_demo_dirs(run, tmp_path):
     # names carry their directory, so episodes of different rounds stay distinguishable
     assert doc['val_episodes'] and all(n.split('/')[0] in ('demos', 'round2')
                                        for n in doc['val_episodes'])
+
+
+def test_add_goal_input_starts_from_the_source_behaviour(run, tmp_path):
+    """--add-goal-input widens the encoder with zero weights: same chunks, whatever the goal."""
+    demos, out = run
+    source = tmp_path / 'source.pt'
+    export_checkpoint(Path(out) / 'checkpoint.pt', source)
+    goal_run = tmp_path / 'goal'
+    main(['--demos', str(demos), '--out', str(goal_run), '--iters', '1', '--batch-size', '8',
+          '--threads', '1', '--no-progress', '--init-from', str(source), '--add-goal-input',
+          '--learning-rate', '0'])
+    ckpt = torch.load(goal_run / 'checkpoint.pt', weights_only=False)
+    assert ckpt['policy_config']['goal_dim'] == 2
+    src = torch.load(out / 'checkpoint.pt', weights_only=False)
+    norm = ckpt['normalizer']
+    assert norm['proprio_min'][:2] == pytest.approx(src['normalizer']['proprio_min'])
+    assert len(norm['proprio_min']) == len(norm['proprio_max']) == 4
+    widened = tmp_path / 'widened.pt'
+    export_checkpoint(goal_run / 'checkpoint.pt', widened)
+    rt = PolicyRuntimeConfig.from_dict(dict(PolicyRuntimeConfig.load().to_dict(), n_samples=2))
+    before, after = FlowPolicy.load(source, runtime=rt), FlowPolicy.load(widened, runtime=rt)
+    assert after.config.goal_dim == 2 and before.config.goal_dim == 0
+    with np.load(demos / 'episode_00003.npz') as ep:
+        obs = {'images': ep['images'][:2], 'ee_pos': ep['ee_pos'][1]}
+    a = before.act(obs, seed=5).samples
+    for goal in ([0.3, 0.3], [0.7, 0.1]):
+        b = after.act(dict(obs, goal=np.array(goal)), seed=5).samples
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match='goal'):
+        after.act(obs)                                   # no goal: refused, not guessed
+    with pytest.raises(ValueError, match='goal'):
+        after.act(dict(obs, goal=np.array([np.nan, 0.2])))
+    with pytest.raises(ValueError, match='without goal input'):
+        main(['--demos', str(demos), '--out', str(tmp_path / 'again'), '--iters', '1',
+              '--no-progress', '--init-from', str(widened), '--add-goal-input'])
+
+
+def test_dataset_goal_input_is_the_goal_relative_to_the_ee(run):
+    """With the goal input the proprio row is EE xy, then goal xy minus EE xy."""
+    from genpolicy_ros.policy.dataset import load_demos
+    demos, _ = run
+    train, _, _, _ = load_demos(demos, 2, 16, True, 0.0, 0, goal=True)
+    raw = train.get(np.arange(len(train)), with_images=False)
+    plain, _, _, _ = load_demos(demos, 2, 16, True, 0.0, 0)
+    base = plain.get(np.arange(len(plain)), with_images=False)
+    ep = train.episodes[0]
+    t = len(ep.action) - 1
+    np.testing.assert_allclose(raw['proprio'][t], np.r_[ep.ee_xy[t], ep.goal - ep.ee_xy[t]])
+    np.testing.assert_allclose(raw['proprio'][:, :2], base['proprio'])
+    np.testing.assert_allclose(raw['action'], base['action'])  # still relative to the EE only

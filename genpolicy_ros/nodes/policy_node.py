@@ -12,6 +12,9 @@ published, so the filter's chunk timeout brings the arm to hold.
 
 ``policy_type: expert`` runs the scripted push expert on the simulator's ground truth
 (``/genpolicy/sim/cube_pose``, ``/genpolicy/sim/goal``): the reference the learned policy imitates.
+A checkpoint with the goal input (``goal_dim: 2``) also reads the goal xy from
+``/genpolicy/sim/goal`` (in the sim the task publishes it; beside a real arm the operator does)
+and does not plan, with a diagnostics entry saying so, until one has arrived.
 """
 
 import threading
@@ -145,8 +148,13 @@ class PolicyNode(Node):
             return None
         obs = {'image': image[0], 'stamp': image[1], 'time_s': image[1],
                'ee_pos': self.model.ee_pose(joints[0])[0], 'q': joints[0]}
-        if cube is not None and goal is not None:
-            obs['cube_pose'], obs['goal'] = cube, goal
+        if goal is not None:
+            obs['goal'] = goal
+        elif self.planner.needs_goal:
+            self._problem('this policy takes the goal: nothing on /genpolicy/sim/goal yet')
+            return None
+        if cube is not None:
+            obs['cube_pose'] = cube
         elif self.policy_type == 'expert':
             self._problem('the expert needs /genpolicy/sim/cube_pose and /genpolicy/sim/goal')
             return None

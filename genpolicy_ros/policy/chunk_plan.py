@@ -38,6 +38,7 @@ class _Planner:
     """Shared bookkeeping: the previous target and the decision period."""
 
     image_size_px: Optional[int] = None
+    needs_goal: bool = False   # plan() needs obs['goal'] (the task's goal xy [m])
 
     def __init__(self, runtime: PolicyRuntimeConfig) -> None:
         self.period_s = 1.0 / runtime.decision_rate_hz
@@ -67,6 +68,7 @@ class FlowPlanner(_Planner):
         self.scheduler = make_scheduler(policy, runtime)
         self.history = FrameHistory(policy.config.n_obs_steps)
         self.image_size_px = int(policy.config.image_size_px)
+        self.needs_goal = bool(policy.config.goal_dim)
         self.seed = runtime.seed
 
     @classmethod
@@ -86,6 +88,7 @@ class FlowPlanner(_Planner):
         """Plan from ``obs`` (``image`` (S, S, 3) uint8, ``ee_pos`` (3,), ``stamp`` [s])."""
         window = self.history.push(obs['image'])
         target = self.scheduler.step({'images': window, 'ee_pos': obs['ee_pos'],
+                                      'goal': obs.get('goal'),
                                       'stamp': float(obs['stamp'])})
         targets = np.vstack([target[None], self.scheduler.preview()])
         chunk = self.scheduler.last_chunk if self.scheduler.replanned else None
@@ -104,6 +107,7 @@ class ExpertPlanner(_Planner):
 
     def __init__(self, runtime: PolicyRuntimeConfig, expert=None) -> None:
         super().__init__(runtime)
+        self.needs_goal = True
         self.expert = expert if expert is not None else ScriptedPushExpert()
         self.n_samples = runtime.n_samples
 

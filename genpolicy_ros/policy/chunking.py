@@ -224,6 +224,7 @@ class ChunkingAgent:
         """Return the TCP target (3,) [m] for this decision step."""
         window = self.history.push(obs['image'])
         target = self.scheduler.step({'images': window, 'ee_pos': obs['ee_pos'],
+                                      'goal': obs.get('goal'),
                                       'stamp': float(obs.get('time_s', 0.0))})
         if self.scheduler.replanned and self.scheduler.last_chunk is not None:
             self.compute_times_s.append(self.scheduler.last_chunk.compute_time_s)

@@ -56,11 +56,14 @@ class PolicyConfig:
     """Model hyperparameters (saved in the checkpoint).
 
     Observation: the last ``n_obs_steps`` camera frames (``image_size_px`` square, RGB) and the
-    measured EE xy position. Action: a chunk of ``horizon`` absolute EE xy targets [m] at
-    ``decision_period_s`` spacing, of which ``n_action_steps`` are executed; z is the fixed
-    ``push_height_m`` of the demonstrations. With ``action_frame`` ``relative_ee`` the network
-    models the targets minus the EE xy measured at the observation (finer resolution for the
-    few-cm steps of a chunk than absolute world xy); the policy outputs absolute targets.
+    measured EE xy position; with ``goal_dim`` 2 also the task's goal xy, given relative to the
+    measured EE xy (a task parameter the operator sets, not something the camera must find:
+    in pushes toward the robot the arm hides the goal disc from the camera). Action: a chunk
+    of ``horizon`` absolute EE xy targets [m] at ``decision_period_s`` spacing, of which
+    ``n_action_steps`` are executed; z is the fixed ``push_height_m`` of the demonstrations.
+    With ``action_frame`` ``relative_ee`` the network models the targets minus the EE xy
+    measured at the observation (finer resolution for the few-cm steps of a chunk than
+    absolute world xy); the policy outputs absolute targets.
     """
 
     n_obs_steps: int
@@ -70,6 +73,7 @@ class PolicyConfig:
     action_dim: int
     action_frame: str
     proprio_dim: int
+    goal_dim: int
     decision_period_s: float
     push_height_m: float
     encoder_channels: List[int]
@@ -95,10 +99,23 @@ class PolicyConfig:
             raise ValueError('need 0 < n_action_steps <= horizon')
         if self.horizon % (2 ** (len(self.unet_channels) - 1)) != 0:
             raise ValueError('horizon must be divisible by 2**(len(unet_channels)-1)')
+        if self.goal_dim not in (0, 2):
+            raise ValueError(f'goal_dim must be 0 (no goal input) or 2 (goal xy), got '
+                             f'{self.goal_dim}')
+
+    @property
+    def low_dim(self) -> int:
+        """Width of the low-dimensional input: EE xy, then the relative goal xy if any."""
+        return self.proprio_dim + self.goal_dim
 
     @classmethod
     def from_dict(cls, params: Dict[str, Any]) -> 'PolicyConfig':
-        """Build from a dict with exactly the field names."""
+        """Build from a dict with exactly the field names.
+
+        A checkpoint written before the goal input existed has no ``goal_dim``: it had none (0).
+        """
+        if 'goal_dim' not in params:
+            params = dict(params, goal_dim=0)
         return _from_dict(cls, params)
 
     @classmethod

@@ -6,7 +6,8 @@ On disk (written by the demo recorder): a directory with ``meta.json`` and one c
 ``cube_pose`` (T, 7), ``goal`` (2,), ``success`` and ``seed``.
 
 Sample at decision step t: frames t-n_obs+1 .. t (the first frame repeated before the episode
-start), the measured EE xy at t, and actions t .. t+H-1 (the last action repeated past the
+start), the measured EE xy at t (with the goal input: then the goal xy minus it), and actions
+t .. t+H-1 (the last action repeated past the
 episode end: the expert holds its final target). Every step of every episode is a sample.
 """
 
@@ -53,7 +54,10 @@ def episode_files(demo_dir: PathLike) -> List[Path]:
 
 
 class Normalizer:
-    """Min-max scaling of actions and proprio (EE xy) to [-1, 1]; stats ship with the model."""
+    """Min-max scaling of actions and proprio to [-1, 1]; stats ship with the model.
+
+    ``proprio`` is the low-dim input: EE xy, then (goal input) the goal xy relative to it.
+    """
 
     def __init__(self, stats: Dict[str, np.ndarray]) -> None:
         self.stats = {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()}
@@ -97,6 +101,7 @@ class Episode:
     ee_xy: np.ndarray    # (T, 2) float32
     action: np.ndarray   # (T, 2) float32
     name: str
+    goal: Optional[np.ndarray] = None  # (2,) float32 goal xy [m], if the file has one
 
 
 def load_episode(path: Path) -> Episode:
@@ -105,11 +110,14 @@ def load_episode(path: Path) -> Episode:
         images = np.ascontiguousarray(data['images'], dtype=np.uint8)
         ee = np.asarray(data['ee_pos'], dtype=np.float32)[:, :2]
         action = np.asarray(data['action'], dtype=np.float32)
+        goal = np.asarray(data['goal'], dtype=np.float32).reshape(2) if 'goal' in data else None
     if not (len(images) == len(ee) == len(action)) or len(images) == 0:
         raise ValueError(f'{path}: images/ee_pos/action lengths differ or are empty')
     if not (np.isfinite(ee).all() and np.isfinite(action).all()):
         raise ValueError(f'{path}: non-finite values')
-    return Episode(images, ee, action, path.stem)
+    if goal is not None and not np.isfinite(goal).all():
+        raise ValueError(f'{path}: non-finite goal')
+    return Episode(images, ee, action, path.stem, goal)
 
 
 def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> Tuple[List[int],
@@ -127,13 +135,20 @@ class ChunkDataset:
     """In-memory (obs window, action chunk) samples from a list of episodes.
 
     With ``relative`` the action chunk is given relative to the EE xy measured at the
-    observation step (``action_frame: relative_ee``).
+    observation step (``action_frame: relative_ee``). With ``goal`` the proprio row is the EE xy
+    followed by the episode's goal xy minus it (``goal_dim: 2``).
     """
 
     def __init__(self, episodes: List[Episode], n_obs_steps: int, horizon: int,
-                 relative: bool) -> None:
+                 relative: bool, goal: bool = False) -> None:
         if not episodes:
             raise ValueError('no episodes')
+        if goal:
+            missing = [ep.name for ep in episodes if ep.goal is None]
+            if missing:
+                raise ValueError(f'the goal input needs a goal in every episode; none in '
+                                 f'{missing[:3]} ({len(missing)} episodes)')
+        self.goal = goal
         self.episodes = episodes
         self.n_obs = n_obs_steps
         self.horizon = horizon
@@ -150,17 +165,20 @@ class ChunkDataset:
         ep0 = self.episodes[0]
         images = np.empty((b if with_images else 0, self.n_obs) + ep0.images.shape[1:],
                           dtype=np.uint8)
-        proprio = np.empty((b, ep0.ee_xy.shape[1]), dtype=np.float32)
+        xy = ep0.ee_xy.shape[1]
+        proprio = np.empty((b, 2 * xy if self.goal else xy), dtype=np.float32)
         action = np.empty((b, self.horizon, ep0.action.shape[1]), dtype=np.float32)
         for i, (e, t) in enumerate(self.index[rows]):
             ep = self.episodes[e]
             n = len(ep.action)
             if with_images:
                 images[i] = ep.images[np.clip(np.arange(t - self.n_obs + 1, t + 1), 0, n - 1)]
-            proprio[i] = ep.ee_xy[t]
+            proprio[i, :xy] = ep.ee_xy[t]
+            if self.goal:
+                proprio[i, xy:] = ep.goal - ep.ee_xy[t]
             action[i] = ep.action[np.clip(np.arange(t, t + self.horizon), 0, n - 1)]
         if self.relative:
-            action -= proprio[:, None, :]
+            action -= proprio[:, None, :xy]
         return {'images': images, 'proprio': proprio, 'action': action}
 
     def batch(self, rows: np.ndarray, normalizer: Normalizer) -> Dict[str, torch.Tensor]:
@@ -179,14 +197,15 @@ class ChunkDataset:
 
 def load_demos(demo_dirs: Union[PathLike, Sequence[PathLike]], n_obs_steps: int, horizon: int,
                relative: bool, val_fraction: float, seed: int,
-               max_episodes: Optional[int] = None, progress: bool = False
+               max_episodes: Optional[int] = None, progress: bool = False, goal: bool = False
                ) -> Tuple[ChunkDataset, Optional[ChunkDataset], DemoMeta, List[str]]:
     """Load one or several demo directories into (train, val or None, meta, val names).
 
     Several directories (e.g. the original demos plus DAgger rounds) must agree on the facts
     the policy depends on (push height, decision period); the meta returned is the first's,
     with the directory list added. ``max_episodes`` applies per directory. Validation
-    episodes are drawn from every directory alike (by episode, reproducibly).
+    episodes are drawn from every directory alike (by episode, reproducibly). ``goal``: the
+    goal input (see :class:`ChunkDataset`).
     """
     dirs = [demo_dirs] if isinstance(demo_dirs, (str, Path)) else list(demo_dirs)
     if not dirs:
@@ -214,8 +233,8 @@ def load_demos(demo_dirs: Union[PathLike, Sequence[PathLike]], n_obs_steps: int,
         for ep, path in zip(episodes, files):
             ep.name = f'{path.parent.name}/{path.stem}'
     train_idx, val_idx = split_episodes(len(episodes), val_fraction, seed)
-    train = ChunkDataset([episodes[i] for i in train_idx], n_obs_steps, horizon, relative)
-    val = (ChunkDataset([episodes[i] for i in val_idx], n_obs_steps, horizon, relative)
+    train = ChunkDataset([episodes[i] for i in train_idx], n_obs_steps, horizon, relative, goal)
+    val = (ChunkDataset([episodes[i] for i in val_idx], n_obs_steps, horizon, relative, goal)
            if val_idx else None)
     meta = metas[0]
     if len(dirs) > 1:

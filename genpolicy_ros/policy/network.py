@@ -64,18 +64,22 @@ class ImageEncoder(nn.Module):
 
 
 class ObservationEncoder(nn.Module):
-    """Encode ``n_obs_steps`` frames (shared encoder) and the normalised EE xy."""
+    """Encode ``n_obs_steps`` frames (shared encoder) and the normalised low-dim input.
+
+    The low-dim input is the EE xy, followed by the goal xy relative to it when the config
+    has ``goal_dim`` 2 (:attr:`PolicyConfig.low_dim` numbers in all).
+    """
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         self.n_obs = cfg.n_obs_steps
         self.image = ImageEncoder(cfg)
-        width = cfg.n_obs_steps * cfg.image_feature_dim + cfg.proprio_dim
+        width = cfg.n_obs_steps * cfg.image_feature_dim + cfg.low_dim
         self.mlp = nn.Sequential(nn.Linear(width, cfg.obs_cond_dim), nn.Mish(),
                                  nn.Linear(cfg.obs_cond_dim, cfg.obs_cond_dim))
 
     def forward(self, images: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        """Images (B, n_obs, 3, H, W) float in [-1, 1], proprio (B, proprio_dim) normalised."""
+        """Images (B, n_obs, 3, H, W) float in [-1, 1], proprio (B, low_dim) normalised."""
         b = images.shape[0]
         feats = self.image(images.flatten(0, 1)).reshape(b, -1)
         return self.mlp(torch.cat([feats, proprio], dim=-1))

@@ -101,6 +101,12 @@ class FlowPolicy:
         ee = np.asarray(ee, dtype=float) if ee is not None else None
         if ee is None or ee.shape != (3,) or not np.isfinite(ee).all():
             raise ValueError(f'obs["ee_pos"] must be 3 finite numbers, got {ee}')
+        if cfg.goal_dim:
+            goal = obs.get('goal')
+            goal = np.asarray(goal, dtype=float) if goal is not None else None
+            if goal is None or goal.shape != (2,) or not np.isfinite(goal).all():
+                raise ValueError(f'this policy takes the goal: obs["goal"] must be 2 finite '
+                                 f'numbers (xy [m]), got {goal}')
 
     @torch.inference_mode()
     def act(self, obs: Observation, steps: Optional[int] = None,
@@ -108,6 +114,7 @@ class FlowPolicy:
             stamp: Optional[float] = None) -> ActionChunk:
         """Sample a chunk for ``obs`` (images (n_obs, S, S, 3) uint8 oldest first, ee_pos (3,)).
 
+        A policy with the goal input (``config.goal_dim`` 2) also needs ``goal`` (2,) [m].
         ``steps``/``n_samples`` override the defaults for this call. ``stamp`` (observation
         time [s]) defaults to ``obs.get('stamp', 0.0)``. Raises ``ValueError`` on bad input.
         """
@@ -116,7 +123,11 @@ class FlowPolicy:
         cfg = self.config
         images = images_to_tensor(torch.from_numpy(np.ascontiguousarray(obs['images'])))[None]
         ee_xy = np.asarray(obs['ee_pos'], dtype=np.float32)[None, :cfg.proprio_dim]
-        proprio = torch.from_numpy(self.normalizer.normalize('proprio', ee_xy))
+        low_dim = ee_xy
+        if cfg.goal_dim:
+            goal_rel = np.asarray(obs['goal'], dtype=np.float32)[None] - ee_xy
+            low_dim = np.concatenate([ee_xy, goal_rel], axis=1)
+        proprio = torch.from_numpy(self.normalizer.normalize('proprio', low_dim))
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else self.generator
         out = self._sample(self.net.encode(images, proprio), steps or self.steps,
                            n_samples or self.n_samples, gen)

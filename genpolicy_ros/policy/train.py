@@ -51,6 +51,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--resume', action='store_true', help='continue from <out>/checkpoint.pt')
     p.add_argument('--init-from', help='start a NEW run from this checkpoint\'s weights, model '
                                        'config and normaliser (fine-tuning; fresh optimiser)')
+    p.add_argument('--add-goal-input', action='store_true',
+                   help='with --init-from a checkpoint without goal input: add the goal input '
+                        '(goal_dim 2), its weights zero, so training starts from the source '
+                        'policy\'s behaviour')
     p.add_argument('--config', help='training YAML (default: config/train_policy.yaml)')
     p.add_argument('--max-episodes', type=int, help='use only the first N episodes')
     p.add_argument('--checkpoint-every', type=int, help='iterations between checkpoints')
@@ -63,6 +67,34 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def with_goal_input(cfg: PolicyConfig, normalizer: Normalizer, train_set: ChunkDataset
+                    ) -> Tuple[PolicyConfig, Normalizer]:
+    """Return ``cfg`` with ``goal_dim`` 2 and ``normalizer`` with the goal's min-max appended.
+
+    The source's action and EE stats stay (its weights were trained in their scale); only the
+    new goal columns are fitted, on ``train_set`` (built with the goal input).
+    """
+    raw = train_set.get(np.arange(len(train_set)), with_images=False)['proprio']
+    stats = normalizer.state_dict()
+    p = cfg.proprio_dim
+    stats['proprio_min'] = list(stats['proprio_min'][:p]) + raw[:, p:].min(0).tolist()
+    stats['proprio_max'] = list(stats['proprio_max'][:p]) + raw[:, p:].max(0).tolist()
+    return PolicyConfig.from_dict(dict(cfg.to_dict(), goal_dim=2)), Normalizer(stats)
+
+
+def widen_for_goal(weights: Dict[str, torch.Tensor], goal_dim: int) -> Dict[str, torch.Tensor]:
+    """Give the encoder's first layer ``goal_dim`` more inputs (the last ones), weights zero.
+
+    The goal follows the EE xy at the end of the encoder's input, so with zero weights the
+    widened network computes exactly what the source did.
+    """
+    key = 'obs_encoder.mlp.0.weight'
+    w = weights[key]
+    out = dict(weights)
+    out[key] = torch.cat([w, torch.zeros(w.shape[0], goal_dim, dtype=w.dtype)], dim=1)
+    return out
 
 
 @torch.no_grad()
@@ -162,15 +194,23 @@ class Trainer:
         source = resume or init
         shape = source['policy_config'] if source else read_ros_params(
             Path(args.config) if args.config else config_path(TRAIN_YAML), TRAIN_NODE)['model']
+        add_goal = bool(getattr(args, 'add_goal_input', False))
+        if add_goal and (init is None or int(shape.get('goal_dim', 0)) != 0):
+            raise ValueError('--add-goal-input needs --init-from a checkpoint without goal input '
+                             '(and no run to resume)')
+        goal = add_goal or int(shape.get('goal_dim', 0)) > 0
         self.train_set, self.val_set, meta, self.val_names = load_demos(
             args.demos, int(shape['n_obs_steps']), int(shape['horizon']),
             shape['action_frame'] == 'relative_ee', self.tc.val_fraction, self.tc.seed,
-            args.max_episodes, progress=not args.no_progress)
+            args.max_episodes, progress=not args.no_progress, goal=goal)
         self.meta = meta
         if source:
             # Fine-tuning keeps the source's normaliser: the weights were trained in its scale.
             self.cfg = PolicyConfig.from_dict(source['policy_config'])
             self.normalizer = Normalizer(source['normalizer'])
+            if add_goal:
+                self.cfg, self.normalizer = with_goal_input(self.cfg, self.normalizer,
+                                                            self.train_set)
         else:
             self.cfg = PolicyConfig.load(meta.decision_period_s, meta.push_height_m, args.config)
             self.normalizer = self.train_set.fit_normalizer()
@@ -191,6 +231,8 @@ class Trainer:
         if init is not None:
             weights = init.get('weights') or init.get('ema') or init['model']
             weights = {k: v.float() for k, v in weights.items()}
+            if add_goal:
+                weights = widen_for_goal(weights, self.cfg.goal_dim)
             self.model.load_state_dict(weights)
             self.ema.load_state_dict(weights)
             self.command = f'{command} ; initialised from step {int(init.get("step", 0))} of ' \
