@@ -119,3 +119,49 @@ def test_a_decision_waits_for_the_next_camera_frame(graph):
         assert node._image[2] >= due and node._image[1] == cv.stamp_to_s(stamp)
     finally:
         node.frame_wait_s = saved
+
+
+def test_a_goal_policy_plans_only_once_it_has_a_goal(tmp_path):
+    """A checkpoint with the goal input waits for /genpolicy/sim/goal (and says so), then plans."""
+    from geometry_msgs.msg import PointStamped
+    from rclpy.parameter import Parameter
+    from genpolicy_ros.paths import checkpoint_path
+    from genpolicy_ros.policy.checkpoint import export_checkpoint
+    from genpolicy_ros.policy.dataset import write_synthetic_demos
+    from genpolicy_ros.policy.train import main as train_main
+
+    # Policy v3 widened by --add-goal-input (lr 0: weights unchanged, goal weights 0).
+    demos = write_synthetic_demos(tmp_path / 'demos', n_episodes=2, length=10, seed=0)
+    train_main(['--demos', str(demos), '--out', str(tmp_path / 'run'), '--iters', '1',
+                '--batch-size', '4', '--threads', '1', '--no-progress', '--learning-rate', '0',
+                '--init-from', str(checkpoint_path('push_flow_v3.pt')), '--add-goal-input'])
+    goal_ckpt = tmp_path / 'goal.pt'
+    export_checkpoint(tmp_path / 'run' / 'checkpoint.pt', goal_ckpt)
+
+    def make(ctx):
+        return PolicyNode(context=ctx, parameter_overrides=[
+            Parameter('checkpoint', value=str(goal_ckpt))])
+
+    with ros_graph(make) as (ctx, probe, nodes):
+        node = nodes[0]
+        assert node.planner.needs_goal
+        probe.watch(MultiDOFJointTrajectory, '/genpolicy/action_chunk', 50)
+        probe.watch(DiagnosticArray, '/diagnostics', 50)
+        pub_img = probe.create_publisher(Image, '/camera/color/image_raw',
+                                         qos_profile_sensor_data)
+        pub_js = probe.create_publisher(JointState, '/joint_states', 10)
+        pub_goal = probe.create_publisher(PointStamped, '/genpolicy/sim/goal', 10)
+        _feed(probe, pub_img, pub_js, 1.5)
+        assert probe.count('/genpolicy/action_chunk') == 0, 'planned without a goal'
+        assert node.stats['skipped'] > 0 and 'goal' in node.last_problem
+
+        def reported():
+            return any(st.name == 'policy_node: policy' and 'goal' in st.message
+                       for a in probe.messages['/diagnostics'] for st in a.status)
+        assert wait_for(reported, 3.0)
+        goal = PointStamped()
+        goal.header.frame_id = 'world'
+        goal.point.x, goal.point.y = 0.55, 0.1
+        pub_goal.publish(goal)
+        _feed(probe, pub_img, pub_js, 1.5)
+        assert wait_for(lambda: probe.count('/genpolicy/action_chunk') >= 1, 3.0)
