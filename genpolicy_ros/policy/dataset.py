@@ -7,8 +7,8 @@ On disk (written by the demo recorder): a directory with ``meta.json`` and one c
 
 Sample at decision step t: frames t-n_obs+1 .. t (the first frame repeated before the episode
 start), the measured EE xy at t (with the goal input: then the goal xy minus it), and actions
-t .. t+H-1 (the last action repeated past the
-episode end: the expert holds its final target). Every step of every episode is a sample.
+t .. t+H-1 (the last action repeated past the episode end: the expert holds its final target).
+Every step of every episode is a sample.
 """
 
 from dataclasses import dataclass
