@@ -145,14 +145,15 @@ def test_a_goal_policy_plans_only_once_it_has_a_goal(tmp_path):
     with ros_graph(make) as (ctx, probe, nodes):
         node = nodes[0]
         assert node.planner.needs_goal
-        probe.watch(MultiDOFJointTrajectory, '/genpolicy/action_chunk', 50)
         probe.watch(DiagnosticArray, '/diagnostics', 50)
         pub_img = probe.create_publisher(Image, '/camera/color/image_raw',
                                          qos_profile_sensor_data)
         pub_js = probe.create_publisher(JointState, '/joint_states', 10)
         pub_goal = probe.create_publisher(PointStamped, '/genpolicy/sim/goal', 10)
+        # This node's own count: the module's other policy node (fixture ``graph``, alive
+        # until the module ends) plans on the same frames and publishes on the same topic.
         _feed(probe, pub_img, pub_js, 1.5)
-        assert probe.count('/genpolicy/action_chunk') == 0, 'planned without a goal'
+        assert node.stats['chunks'] == 0, 'planned without a goal'
         assert node.stats['skipped'] > 0 and 'goal' in node.last_problem
 
         def reported():
@@ -164,4 +165,4 @@ def test_a_goal_policy_plans_only_once_it_has_a_goal(tmp_path):
         goal.point.x, goal.point.y = 0.55, 0.1
         pub_goal.publish(goal)
         _feed(probe, pub_img, pub_js, 1.5)
-        assert wait_for(lambda: probe.count('/genpolicy/action_chunk') >= 1, 3.0)
+        assert wait_for(lambda: node.stats['chunks'] >= 1, 3.0)
