@@ -120,6 +120,18 @@ def load_episode(path: Path) -> Episode:
     return Episode(images, ee, action, path.stem, goal)
 
 
+def low_dim_input(ee_xy: np.ndarray, goal_xy: Optional[np.ndarray] = None) -> np.ndarray:
+    """Return the policy's (B, P) low-dim input: EE xy, then goal xy minus EE xy if a goal.
+
+    The one definition for training rows and run-time observations alike. ``ee_xy`` (B, 2),
+    ``goal_xy`` (B, 2) or (2,) [m]; float32 out.
+    """
+    ee = np.asarray(ee_xy, dtype=np.float32)
+    if goal_xy is None:
+        return ee
+    return np.concatenate([ee, np.asarray(goal_xy, dtype=np.float32) - ee], axis=-1)
+
+
 def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> Tuple[List[int],
                                                                              List[int]]:
     """Split episode indices into (train, val) by episode, reproducibly."""
@@ -165,21 +177,21 @@ class ChunkDataset:
         ep0 = self.episodes[0]
         images = np.empty((b if with_images else 0, self.n_obs) + ep0.images.shape[1:],
                           dtype=np.uint8)
-        xy = ep0.ee_xy.shape[1]
-        proprio = np.empty((b, 2 * xy if self.goal else xy), dtype=np.float32)
+        ee_xy = np.empty((b, ep0.ee_xy.shape[1]), dtype=np.float32)
+        goal_xy = np.empty((b, 2), dtype=np.float32) if self.goal else None
         action = np.empty((b, self.horizon, ep0.action.shape[1]), dtype=np.float32)
         for i, (e, t) in enumerate(self.index[rows]):
             ep = self.episodes[e]
             n = len(ep.action)
             if with_images:
                 images[i] = ep.images[np.clip(np.arange(t - self.n_obs + 1, t + 1), 0, n - 1)]
-            proprio[i, :xy] = ep.ee_xy[t]
-            if self.goal:
-                proprio[i, xy:] = ep.goal - ep.ee_xy[t]
+            ee_xy[i] = ep.ee_xy[t]
+            if goal_xy is not None:
+                goal_xy[i] = ep.goal
             action[i] = ep.action[np.clip(np.arange(t, t + self.horizon), 0, n - 1)]
         if self.relative:
-            action -= proprio[:, None, :xy]
-        return {'images': images, 'proprio': proprio, 'action': action}
+            action -= ee_xy[:, None, :]
+        return {'images': images, 'proprio': low_dim_input(ee_xy, goal_xy), 'action': action}
 
     def batch(self, rows: np.ndarray, normalizer: Normalizer) -> Dict[str, torch.Tensor]:
         """Return a training batch: uint8 images, normalised proprio and action tensors."""

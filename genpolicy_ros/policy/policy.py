@@ -20,7 +20,7 @@ from genpolicy_ros.policy.checkpoint import load_for_inference
 from genpolicy_ros.policy.chunking import (ActionChunk, ChunkingAgent, ChunkScheduler,
                                            Observation)
 from genpolicy_ros.policy.config import PolicyConfig, PolicyRuntimeConfig, SELECTION_MODES
-from genpolicy_ros.policy.dataset import Normalizer
+from genpolicy_ros.policy.dataset import low_dim_input, Normalizer
 from genpolicy_ros.policy.flow import FlowSample, sample_chunks
 from genpolicy_ros.policy.network import FlowPolicyNet, images_to_tensor
 
@@ -123,10 +123,7 @@ class FlowPolicy:
         cfg = self.config
         images = images_to_tensor(torch.from_numpy(np.ascontiguousarray(obs['images'])))[None]
         ee_xy = np.asarray(obs['ee_pos'], dtype=np.float32)[None, :cfg.proprio_dim]
-        low_dim = ee_xy
-        if cfg.goal_dim:
-            goal_rel = np.asarray(obs['goal'], dtype=np.float32)[None] - ee_xy
-            low_dim = np.concatenate([ee_xy, goal_rel], axis=1)
+        low_dim = low_dim_input(ee_xy, obs['goal'] if cfg.goal_dim else None)
         proprio = torch.from_numpy(self.normalizer.normalize('proprio', low_dim))
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else self.generator
         out = self._sample(self.net.encode(images, proprio), steps or self.steps,
