@@ -16,7 +16,7 @@ import numpy as np
 
 from genpolicy_ros.policy.chunking import FrameHistory
 from genpolicy_ros.policy.config import PolicyRuntimeConfig
-from genpolicy_ros.sim.expert import ScriptedPushExpert
+from genpolicy_ros.sim.expert import make_expert
 
 # TCP pointing down with the fingers across y: 180 deg about x (quaternion x, y, z, w).
 DOWN_QUATERNION = np.array([1.0, 0.0, 0.0, 0.0])
@@ -108,7 +108,7 @@ class ExpertPlanner(_Planner):
     def __init__(self, runtime: PolicyRuntimeConfig, expert=None) -> None:
         super().__init__(runtime)
         self.needs_goal = True
-        self.expert = expert if expert is not None else ScriptedPushExpert()
+        self.expert = expert if expert is not None else make_expert()
         self.n_samples = runtime.n_samples
 
     def reset(self, seed: Optional[int] = None) -> None:

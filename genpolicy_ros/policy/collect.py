@@ -21,6 +21,7 @@ original demos. Seeds must be training seeds (< ``EVAL_SEED_START``). Stopping a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from genpolicy_ros.policy.chunk_plan import Plan, _Planner
 from genpolicy_ros.policy.worker_pool import WorkerPool
-from genpolicy_ros.sim.expert import ScriptedPushExpert
+from genpolicy_ros.sim.expert import make_expert, PushExpert
 from genpolicy_ros.sim.record_demos import prepare_episode_dir
 from genpolicy_ros.sim.task import EVAL_SEED_START
 
@@ -48,7 +49,7 @@ class LabellingPlanner(_Planner):
     target actually executed.
     """
 
-    def __init__(self, runtime, expert: ScriptedPushExpert, driver: Optional[_Planner],
+    def __init__(self, runtime, expert: PushExpert, driver: Optional[_Planner],
                  noise_std_m: float) -> None:
         super().__init__(runtime)
         self.expert = expert
@@ -101,7 +102,7 @@ class _Collector:
                                    use_filter=True, monitor='off')
         runtime = PolicyRuntimeConfig.load()
         cfg = self.stack.sim
-        expert = ScriptedPushExpert(cfg.expert, cfg.task.tcp_push_z_m)
+        expert = make_expert(cfg.expert, cfg.task.tcp_push_z_m)
         self.planner = LabellingPlanner(runtime, expert,
                                         self.stack.planner if driver == 'policy' else None,
                                         noise_std_m)
@@ -196,6 +197,7 @@ def _meta(driver, checkpoint, noise_std_m, first_seed, kept, successes, dropped,
         'collector': 'genpolicy-collect (lock-step stack, CBF filter in the loop)',
         'driver': driver,
         'checkpoint': checkpoint,
+        'expert': dataclasses.asdict(config.expert),
         'episodes': len(kept),
         'keys': dict(EPISODE_KEYS, driver='str () who executed: expert (noisy) or policy'),
         'rates_hz': {'decision': config.decision_hz, 'control': config.control_hz,

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Union
 from genpolicy_ros.config_io import build_config, read_core_parameters
 
 NODE_NAME = 'sim_node'
+#: Scripted experts ``expert.kind`` may name (see genpolicy_ros.sim.expert.make_expert).
+EXPERT_KINDS = ('modal', 'field')
 CONFIG_FILE = 'sim.yaml'
 
 
@@ -119,9 +121,20 @@ class TaskConfig(_FromDict):
 
 
 @dataclasses.dataclass(frozen=True)
-class ExpertConfig(_FromDict):
-    """Scripted push expert geometry and hysteresis thresholds."""
+class FieldExpertConfig(_FromDict):
+    """Geometry of the memoryless push field (``expert.kind: field``)."""
 
+    orbit_radius_m: float
+    radial_band_m: float
+    push_cone_deg: List[float]
+    min_tangential: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig(_FromDict):
+    """Scripted push expert: which one, its geometry and hysteresis thresholds."""
+
+    kind: str
     max_step_m: float
     prepush_offset_m: float
     lateral_clearance_m: float
@@ -133,6 +146,15 @@ class ExpertConfig(_FromDict):
     push_exit_distance_m: float
     line_gain: float
     goal_overshoot_m: float
+    field: FieldExpertConfig
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXPERT_KINDS:
+            raise ValueError(f'expert.kind must be one of {EXPERT_KINDS}, got {self.kind!r}')
+        lo, hi = self.field.push_cone_deg
+        if not 0.0 <= lo < hi <= 180.0:
+            raise ValueError(f'expert.field.push_cone_deg must be [lo, hi] with 0 <= lo < hi '
+                             f'<= 180, got {self.field.push_cone_deg}')
 
 
 @dataclasses.dataclass(frozen=True)

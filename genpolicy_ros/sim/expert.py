@@ -1,18 +1,28 @@
-"""Scripted, state-based push expert (the demonstrator for behaviour cloning).
+"""Scripted, state-based push experts (the demonstrators for behaviour cloning).
 
-Reads the cube pose, the goal and the measured TCP position every decision step (10 Hz) and
-returns an absolute TCP target: xy at most ``max_step_m`` from the measured TCP, z at the push
-height. Two modes with hysteresis:
+Both read the cube pose, the goal and the measured TCP position every decision step (10 Hz)
+and return an absolute TCP target: xy at most ``max_step_m`` from the measured TCP, z at the
+push height. ``expert.kind`` in ``config/sim.yaml`` picks one (:func:`make_expert`).
+
+:class:`ScriptedPushExpert` (``modal``) has two modes with hysteresis:
 
 * approach: go to the pre-push point ``prepush_offset_m`` behind the cube on the cube-goal
   line, detouring around the cube through a lateral waypoint when the straight path would hit it;
 * push: move along the cube-goal direction, steering back onto the line through the cube
   centre; fall back to approach when the TCP leaves that line, gets ahead of the cube or loses it.
+
+:class:`FieldPushExpert` (``field``) is one continuous direction field over the TCP's position
+relative to the cube and the goal, with no memory: inside a cone behind the cube it pushes
+(steering onto the line through the cube centre), outside it orbits the cube toward that cone,
+and between the two it blends them. A cloned policy meets the same label in the same state,
+and labels change smoothly between neighbouring states: no hysteresis band where a mode switch
+gives two opposite labels for one picture (which a regression to their mean turns into a
+crawl).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -27,6 +37,35 @@ def _segment_distance(a: np.ndarray, b: np.ndarray, p: np.ndarray) -> float:
     return float(np.linalg.norm(a + t * ab - p))
 
 
+def _push_frame(obs: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Return TCP xy, cube xy, goal xy [m] and the cube-goal distance [m] from ``obs``."""
+    ee = np.asarray(obs['ee_pos'], dtype=float)[:2]
+    cube = np.asarray(obs['cube_pose'], dtype=float)[:2]
+    goal = np.asarray(obs['goal'], dtype=float)[:2]
+    return ee, cube, goal, float(np.linalg.norm(goal - cube))
+
+
+def _load_config(config: Optional[ExpertConfig],
+                 tcp_push_z: Optional[float]) -> Tuple[ExpertConfig, float]:
+    """Fill a missing expert config or push height from ``config/sim.yaml``."""
+    if config is None or tcp_push_z is None:
+        sim = SimConfig.load()
+        config = config if config is not None else sim.expert
+        tcp_push_z = tcp_push_z if tcp_push_z is not None else sim.task.tcp_push_z_m
+    return config, float(tcp_push_z)
+
+
+def _clipped_target(ee: np.ndarray, waypoint: np.ndarray, max_step: float,
+                    z: float) -> np.ndarray:
+    """Clip the xy step from ``ee`` toward ``waypoint`` to ``max_step`` [m]; add height z."""
+    step = waypoint - ee
+    norm = float(np.linalg.norm(step))
+    if norm > max_step:
+        step *= max_step / norm
+    xy = ee + step
+    return np.array([xy[0], xy[1], z])
+
+
 class ScriptedPushExpert:
     """Reactive push expert: ``act(obs) -> ee_target (3,)``.
 
@@ -36,12 +75,7 @@ class ScriptedPushExpert:
 
     def __init__(self, config: Optional[ExpertConfig] = None,
                  tcp_push_z: Optional[float] = None) -> None:
-        if config is None or tcp_push_z is None:
-            sim = SimConfig.load()
-            config = config if config is not None else sim.expert
-            tcp_push_z = tcp_push_z if tcp_push_z is not None else sim.task.tcp_push_z_m
-        self.config = config
-        self.tcp_push_z = float(tcp_push_z)
+        self.config, self.tcp_push_z = _load_config(config, tcp_push_z)
         self.reset()
 
     def reset(self) -> None:
@@ -52,14 +86,10 @@ class ScriptedPushExpert:
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Return the absolute TCP target ``[x, y, z]`` [m] for this decision step."""
         cfg = self.config
-        ee = np.asarray(obs['ee_pos'], dtype=float)[:2]
-        cube = np.asarray(obs['cube_pose'], dtype=float)[:2]
-        goal = np.asarray(obs['goal'], dtype=float)[:2]
-        to_goal = goal - cube
-        dist = float(np.linalg.norm(to_goal))
+        ee, cube, goal, dist = _push_frame(obs)
         if dist < 1e-6:
             return self._target(ee, ee)
-        u = to_goal / dist
+        u = (goal - cube) / dist
         n = np.array([-u[1], u[0]])
         rel = ee - cube
         along, lateral = float(rel @ u), float(rel @ n)
@@ -102,9 +132,72 @@ class ScriptedPushExpert:
 
     def _target(self, ee: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
         """Clip the xy step to ``max_step_m`` and add the push height."""
-        step = waypoint - ee
-        norm = float(np.linalg.norm(step))
-        if norm > self.config.max_step_m:
-            step *= self.config.max_step_m / norm
-        xy = ee + step
-        return np.array([xy[0], xy[1], self.tcp_push_z])
+        return _clipped_target(ee, waypoint, self.config.max_step_m, self.tcp_push_z)
+
+
+class FieldPushExpert:
+    """Memoryless push expert: one continuous direction field, ``act(obs) -> ee_target (3,)``.
+
+    In the cube's push frame (``u`` from the cube toward the goal, ``n`` to its left) the TCP's
+    angle ``phi`` is measured from straight behind the cube. Within ``push_cone_deg[0]`` it
+    pushes: forward along ``u``, steering back onto the line through the cube centre with
+    ``line_gain``. Beyond ``push_cone_deg[1]`` it orbits: tangentially toward ``phi = 0``
+    (the shorter way round) and radially toward ``orbit_radius_m``. Between, a linear blend of
+    the two; the tangential share never drops below ``min_tangential``, so the blend never
+    cancels to a standstill. Steps are ``max_step_m`` long (shorter only while pushing, within
+    ``max_step_m`` of the goal). ``mode`` is ``'push'``, ``'blend'`` or ``'orbit'`` after a call.
+    """
+
+    def __init__(self, config: Optional[ExpertConfig] = None,
+                 tcp_push_z: Optional[float] = None) -> None:
+        self.config, self.tcp_push_z = _load_config(config, tcp_push_z)
+        self.mode = 'orbit'
+
+    def reset(self) -> None:
+        """Nothing to forget (no memory); kept for the expert interface."""
+        self.mode = 'orbit'
+
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """Return the absolute TCP target ``[x, y, z]`` [m] for this decision step."""
+        cfg, field = self.config, self.config.field
+        ee, cube, goal, dist = _push_frame(obs)
+        if dist < 1e-6:
+            return _clipped_target(ee, ee, cfg.max_step_m, self.tcp_push_z)
+        u = (goal - cube) / dist
+        n = np.array([-u[1], u[0]])
+        rel = ee - cube
+        along, lateral = float(rel @ u), float(rel @ n)
+        rho = max(float(np.hypot(along, lateral)), 1e-9)
+        phi = float(np.arctan2(lateral, -along))  # 0: straight behind the cube
+        cone_lo, cone_hi = np.radians(field.push_cone_deg)
+        push = u * cfg.max_step_m - cfg.line_gain * lateral * n
+        push /= np.linalg.norm(push)
+        # d(phi) > 0 along (lateral * u - along * n) / rho; turn the other way when phi > 0.
+        toward_cone = -np.sign(phi or 1.0) * (lateral * u - along * n) / rho
+        tangential = float(np.clip(abs(phi) / cone_hi, field.min_tangential, 1.0))
+        radial = float(np.clip((field.orbit_radius_m - rho) / field.radial_band_m, -1.0, 1.0))
+        orbit = tangential * toward_cone + radial * rel / rho
+        orbit /= np.linalg.norm(orbit)
+        weight = float(np.clip((cone_hi - abs(phi)) / (cone_hi - cone_lo), 0.0, 1.0))
+        direction = weight * push + (1.0 - weight) * orbit
+        norm = float(np.linalg.norm(direction))
+        direction = direction / norm if norm > 1e-9 else orbit
+        step = cfg.max_step_m
+        if weight >= 1.0:
+            self.mode = 'push'
+            step = min(cfg.max_step_m, dist + cfg.goal_overshoot_m)
+        else:
+            self.mode = 'orbit' if weight <= 0.0 else 'blend'
+        return _clipped_target(ee, ee + direction * step, cfg.max_step_m, self.tcp_push_z)
+
+
+PushExpert = Union[ScriptedPushExpert, FieldPushExpert]
+
+
+def make_expert(config: Optional[ExpertConfig] = None,
+                tcp_push_z: Optional[float] = None) -> PushExpert:
+    """Return the expert ``config.kind`` names (``config/sim.yaml`` when not given)."""
+    config, tcp_push_z = _load_config(config, tcp_push_z)
+    if config.kind == 'field':
+        return FieldPushExpert(config, tcp_push_z)
+    return ScriptedPushExpert(config, tcp_push_z)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from genpolicy_ros.drivers.pybullet_backend import PyBulletBackend
 from genpolicy_ros.sim.config import SimConfig
 from genpolicy_ros.sim.episode import EpisodeResult, run_episode
-from genpolicy_ros.sim.expert import ScriptedPushExpert
+from genpolicy_ros.sim.expert import make_expert
 from genpolicy_ros.sim.ik_controller import IKController
 from genpolicy_ros.sim.task import EVAL_SEED_START
 from genpolicy_ros.sim.world import PandaWorld
@@ -94,7 +94,7 @@ class _Recorder:
         self.tmp_dir = tmp_dir
         self.backend = PyBulletBackend(PandaWorld(config, gui=False))
         self.controller = IKController(config)
-        self.expert = ScriptedPushExpert(config.expert, config.task.tcp_push_z_m)
+        self.expert = make_expert(config.expert, config.task.tcp_push_z_m)
 
     def run(self, seed: int) -> Tuple[int, bool, int, Optional[str]]:
         # Noise stream separate from the task sampling stream of the same seed.
