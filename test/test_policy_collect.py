@@ -21,6 +21,7 @@ def test_expert_driver_writes_noisy_execution_with_clean_labels(expert_dir):
     out, meta = expert_dir
     assert meta['episodes'] == 1 and meta['success_rate'] == 1.0
     assert meta['tcp_push_z_m'] == SimConfig.load().task.tcp_push_z_m
+    assert meta['expert']['kind'] == SimConfig.load().expert.kind  # which expert labelled
     with np.load(out / 'episode_00000.npz') as ep:
         action, executed, ee = ep['action'], ep['executed'], ep['ee_pos']
         assert str(ep['driver']) == 'expert' and bool(ep['success'])
