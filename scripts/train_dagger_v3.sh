@@ -8,6 +8,7 @@
 #     data/demos/push_v1 data/demos/push_filter_v1 data/demos/push_dagger_v1 data/demos/push_dagger_v2
 # Here (2 loaded cores): collection 44 min (v2 succeeded in 51% of the 300 episodes), training
 # 50 min.
+# Labels from the modal expert: set expert.kind: modal in config/sim.yaml to repeat this.
 # Usage: nohup scripts/train_dagger_v3.sh > runs/push_flow_v3.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train policy v1 (checkpoints/push_flow_v1.pt) on data/demos/push_v1: behaviour cloning, the base
 # that scripts/train_finetune.sh fine-tunes into the shipped default v2.
+# Labels from the modal expert: set expert.kind: modal in config/sim.yaml to repeat this.
 #
 # Exactly the command used for the shipped checkpoint (CPU, 1 torch thread; run nothing else
 # heavy beside it on a 2-core machine). Re-running continues from runs/push_flow_v1 (--resume);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make the shipped policy v2 (checkpoints/push_flow_v2.pt) from v1: collect data where the policy
 # runs (behind the CBF filter), then fine-tune v1 on old + new data. Exactly the commands used.
+# Labels from the modal expert: set expert.kind: modal in config/sim.yaml to repeat this.
 #
 # 1. 300 scripted-expert episodes through the lock-step stack (filter in the loop), DART noise
 #    1 cm on the executed target, clean expert labels (training seeds 20000+).
