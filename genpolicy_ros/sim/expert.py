@@ -45,6 +45,18 @@ def _push_frame(obs: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray, np.ndar
     return ee, cube, goal, float(np.linalg.norm(goal - cube))
 
 
+def _push_axes(ee: np.ndarray, cube: np.ndarray, goal: np.ndarray, dist: float
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Return ``u`` (cube to goal), ``n`` (its left), TCP minus cube, and its u and n parts [m].
+
+    ``dist`` > 0 is the cube-goal distance.
+    """
+    u = (goal - cube) / dist
+    n = np.array([-u[1], u[0]])
+    rel = ee - cube
+    return u, n, rel, float(rel @ u), float(rel @ n)
+
+
 def _load_config(config: Optional[ExpertConfig],
                  tcp_push_z: Optional[float]) -> Tuple[ExpertConfig, float]:
     """Fill a missing expert config or push height from ``config/sim.yaml``."""
@@ -89,10 +101,7 @@ class ScriptedPushExpert:
         ee, cube, goal, dist = _push_frame(obs)
         if dist < 1e-6:
             return self._target(ee, ee)
-        u = (goal - cube) / dist
-        n = np.array([-u[1], u[0]])
-        rel = ee - cube
-        along, lateral = float(rel @ u), float(rel @ n)
+        u, n, rel, along, lateral = _push_axes(ee, cube, goal, dist)
         if self.mode == 'push':
             if (abs(lateral) > cfg.push_exit_lateral_m or along > -cfg.min_behind_m
                     or np.linalg.norm(rel) > cfg.push_exit_distance_m):
@@ -163,10 +172,7 @@ class FieldPushExpert:
         ee, cube, goal, dist = _push_frame(obs)
         if dist < 1e-6:
             return _clipped_target(ee, ee, cfg.max_step_m, self.tcp_push_z)
-        u = (goal - cube) / dist
-        n = np.array([-u[1], u[0]])
-        rel = ee - cube
-        along, lateral = float(rel @ u), float(rel @ n)
+        u, n, rel, along, lateral = _push_axes(ee, cube, goal, dist)
         rho = max(float(np.hypot(along, lateral)), 1e-9)
         phi = float(np.arctan2(lateral, -along))  # 0: straight behind the cube
         cone_lo, cone_hi = np.radians(field.push_cone_deg)
