@@ -57,6 +57,17 @@ def _push_axes(ee: np.ndarray, cube: np.ndarray, goal: np.ndarray, dist: float
     return u, n, rel, float(rel @ u), float(rel @ n)
 
 
+def _push_direction(cfg: ExpertConfig, u: np.ndarray, n: np.ndarray,
+                    lateral: float) -> np.ndarray:
+    """Return the unit push direction: forward along ``u``, steering back onto the push line.
+
+    ``line_gain`` of the TCP's ``lateral`` offset from the line through the cube is removed per
+    step; both experts push this way.
+    """
+    direction = u * cfg.max_step_m - cfg.line_gain * lateral * n
+    return direction / np.linalg.norm(direction)
+
+
 def _load_config(config: Optional[ExpertConfig],
                  tcp_push_z: Optional[float]) -> Tuple[ExpertConfig, float]:
     """Fill a missing expert config or push height from ``config/sim.yaml``."""
@@ -110,9 +121,7 @@ class ScriptedPushExpert:
         if self.mode == 'approach' and np.linalg.norm(ee - prepush) < cfg.push_enter_tolerance_m:
             self.mode = 'push'
         if self.mode == 'push':
-            # Forward along the push line, steering the TCP back onto the line through the cube.
-            direction = u * cfg.max_step_m - cfg.line_gain * lateral * n
-            direction /= np.linalg.norm(direction)
+            direction = _push_direction(cfg, u, n, lateral)
             step = min(cfg.max_step_m, dist + cfg.goal_overshoot_m)
             return self._target(ee, ee + direction * step)
         return self._target(ee, self._approach_waypoint(ee, cube, u, n, along, lateral))
@@ -176,8 +185,7 @@ class FieldPushExpert:
         rho = max(float(np.hypot(along, lateral)), 1e-9)
         phi = float(np.arctan2(lateral, -along))  # 0: straight behind the cube
         cone_lo, cone_hi = np.radians(field.push_cone_deg)
-        push = u * cfg.max_step_m - cfg.line_gain * lateral * n
-        push /= np.linalg.norm(push)
+        push = _push_direction(cfg, u, n, lateral)
         # d(phi) > 0 along (lateral * u - along * n) / rho; turn the other way when phi > 0.
         toward_cone = -np.sign(phi or 1.0) * (lateral * u - along * n) / rho
         tangential = float(np.clip(abs(phi) / cone_hi, field.min_tangential, 1.0))
