@@ -82,13 +82,17 @@ class LockstepStack:
     a hold). :attr:`episode` is the :class:`EpisodeStats` of the running (or last) episode, so
     a planner can read what the filter and the monitor did while its plan was executed.
     ``novelty_model`` replaces the shipped camera-novelty model (calibration fits a new one).
+    ``runtime_overrides`` replaces entries of ``config/policy.yaml`` (e.g. ``flow_steps``).
     """
 
     def __init__(self, policy: str = 'flow', checkpoint: Optional[str] = None,
                  use_filter: bool = True, monitor: str = 'gate', gui: bool = False,
                  world_hook=None, task_variant: str = DEFAULT_VARIANT,
                  max_decisions: Optional[int] = None, stop_on_hold: bool = False,
-                 novelty_model=None) -> None:
+                 novelty_model=None, runtime_overrides: Optional[dict] = None) -> None:
+        runtime = PolicyRuntimeConfig.load()  # first: a bad override fails before any world
+        if runtime_overrides:
+            runtime = PolicyRuntimeConfig.from_dict(dict(runtime.to_dict(), **runtime_overrides))
         self.sim = apply_task_variant(SimConfig.load(), task_variant)
         self.task_variant = task_variant
         self.max_decisions = max_decisions
@@ -105,7 +109,6 @@ class LockstepStack:
         self.filter = SafetyFilter(self.model, self.safety)
         self.tracker = ReferenceTracker(self.safety.tracking)
         self.use_filter = use_filter
-        runtime = PolicyRuntimeConfig.load()
         self.planner = (FlowPlanner.load(runtime, checkpoint) if policy == 'flow'
                         else ExpertPlanner(runtime))
         self.monitor_mode = monitor
@@ -311,6 +314,10 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                    help='gate commands (needs config/monitor_calibration.yaml), only score, '
                         'or skip the monitor')
     p.add_argument('--video', default=None, help='write an MP4 of the first episode here')
+    p.add_argument('--flow-steps', type=int, default=None,
+                   help='Euler steps K per chunk (default: flow_steps of config/policy.yaml)')
+    p.add_argument('--samples', type=int, default=None,
+                   help='chunks sampled per decision N (default: n_samples of policy.yaml)')
     p.add_argument('--threads', type=int, default=1, help='torch threads')
     return p.parse_args(argv)
 
@@ -323,8 +330,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
+    overrides = {k: v for k, v in (('flow_steps', args.flow_steps),
+                                   ('n_samples', args.samples)) if v is not None}
     stack = LockstepStack(args.policy, args.checkpoint, not args.no_filter, args.monitor,
-                          task_variant=args.task)
+                          task_variant=args.task, runtime_overrides=overrides)
     results: List[EpisodeStats] = []
     t0 = time.monotonic()
     try:

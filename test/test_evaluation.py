@@ -56,3 +56,19 @@ def test_lockstep_episodes_do_not_depend_on_how_long_a_solve_takes():
     assert (slow.decisions, slow.final_distance_m, slow.violations) == \
         (fast.decisions, fast.final_distance_m, fast.violations)
     assert slow.intervention_mps == fast.intervention_mps
+
+
+def test_runtime_overrides_reach_the_policy_and_bad_ones_are_refused():
+    # --flow-steps / --samples: the sampler's K and N come from the command line, not the YAML.
+    from genpolicy_ros.evaluation import LockstepStack
+    stack = LockstepStack('flow', monitor='off', max_decisions=3,
+                          runtime_overrides={'flow_steps': 5, 'n_samples': 2})
+    try:
+        policy = stack.planner.policy
+        assert (policy.steps, policy.n_samples) == (5, 2)
+        r = stack.run_episode(100004)
+        assert r.decisions == 3 and r.violations == 0
+    finally:
+        stack.close()
+    with pytest.raises(ValueError, match='flow_steps and n_samples must be >= 1'):
+        LockstepStack('flow', monitor='off', runtime_overrides={'flow_steps': 0})
