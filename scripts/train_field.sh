@@ -19,3 +19,10 @@ export_ckpt field_f1
 SETS=(data/demos/push_field_v1)
 dagger_round field_f1 92000 push_dagger_field1 field_f2 22
 dagger_round field_f2 93000 push_dagger_field2 field_f3 23
+dagger_round field_f3 94000 push_dagger_field3 field_f4 24
+# f5: f4 trained further on the same four sets, the DAgger chunks relabelled at the expert's
+# pace (config/train_policy.yaml policy_labels; f4 had learned the driving policies' pace).
+$PY -m genpolicy_ros.policy.train --demos "${SETS[@]}" --out runs/field_f5 \
+    --init-from runs/field_f4/checkpoint.pt --policy-labels expert_pace \
+    --iters 4000 --learning-rate 0.0001 --batch-size 64 --seed 25 --threads 2 --resume
+export_ckpt field_f5

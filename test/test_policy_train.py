@@ -164,3 +164,46 @@ def test_dataset_goal_input_is_the_goal_relative_to_the_ee(run):
     np.testing.assert_allclose(raw['proprio'][t], np.r_[ep.ee_xy[t], ep.goal - ep.ee_xy[t]])
     np.testing.assert_allclose(raw['proprio'][:, :2], base['proprio'])
     np.testing.assert_allclose(raw['action'], base['action'])  # still relative to the EE only
+
+
+def test_expert_pace_labels_replace_only_policy_driven_chunks(run):
+    """Chunks of policy-driven (DAgger) episodes advance at the expert's pace; others stay."""
+    from genpolicy_ros.policy.dataset import ChunkDataset, expert_pace_chunk, load_demos
+    demos, _ = run
+    train, _, _, _ = load_demos(demos, 2, 16, True, 0.0, 0)
+    recorded = train.get(np.arange(len(train)), with_images=False)['action']
+    # The synthetic expert tracks exactly (ee[t+1] == action[t]): at pace 1 the virtual TCP
+    # follows the recorded path, so the labels are the recorded ones, the held end included.
+    for ep in train.episodes:
+        ep.driver = 'policy'
+    same = ChunkDataset(train.episodes, 2, 16, True, policy_labels='expert_pace',
+                        expert_pace=1.0)
+    np.testing.assert_allclose(same.get(np.arange(len(same)), with_images=False)['action'],
+                               recorded, atol=1e-6)
+    # At half pace the path covered by step k is half of it; step 0 is the recorded label.
+    ep = train.episodes[0]
+    half = expert_pace_chunk(ep.ee_xy, ep.action, 16, 0.5)
+    steps = ep.action - ep.ee_xy
+    np.testing.assert_allclose(half[:, 0], ep.action, atol=1e-6)
+    np.testing.assert_allclose(half[0, 3], ep.ee_xy[0] + 0.5 * steps[:3].sum(0) + steps[3],
+                               atol=1e-6)
+    np.testing.assert_allclose(half[-1], np.repeat(ep.action[-1:], 16, axis=0), atol=1e-6)
+    # Only episodes a policy drove are relabelled.
+    ep.driver = 'expert'
+    mixed = ChunkDataset(train.episodes, 2, 16, True, policy_labels='expert_pace',
+                         expert_pace=0.5)
+    assert mixed.chunks[0] is None and mixed.chunks[1] is not None
+    with pytest.raises(ValueError, match='policy_labels'):
+        ChunkDataset(train.episodes, 2, 16, True, policy_labels='fast')
+    with pytest.raises(ValueError, match='expert_pace'):
+        ChunkDataset(train.episodes, 2, 16, True, policy_labels='expert_pace', expert_pace=0)
+
+
+def test_train_config_from_a_run_saved_before_the_label_choice():
+    """Resuming an older run: its saved train config has no label keys; it used recorded."""
+    from genpolicy_ros.policy.config import TrainConfig
+    old = {k: v for k, v in TrainConfig.load().to_dict().items()
+           if k not in ('policy_labels', 'expert_pace')}
+    tc = TrainConfig.from_dict(old)
+    assert (tc.policy_labels, tc.expert_pace) == ('recorded', 1.0)
+    assert TrainConfig.from_dict(dict(old, policy_labels='expert_pace')).expert_pace == 1.0

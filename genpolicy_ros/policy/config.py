@@ -152,11 +152,16 @@ class TrainConfig:
     log_every_iters: int
     seed: int
     threads: int
+    policy_labels: str    # chunk labels of policy-driven (DAgger) episodes: recorded | expert_pace
+    expert_pace: float    # expert_pace: the tracked expert's advance per decision / its step
 
     @classmethod
     def from_dict(cls, params: Dict[str, Any]) -> 'TrainConfig':
-        """Build from a dict with exactly the field names."""
-        return _from_dict(cls, params)
+        """Build from a dict with exactly the field names.
+
+        A run saved before the DAgger label choice existed used the recorded labels.
+        """
+        return _from_dict(cls, dict({'policy_labels': 'recorded', 'expert_pace': 1.0}, **params))
 
     @classmethod
     def load(cls, path: Optional[Path] = None) -> 'TrainConfig':

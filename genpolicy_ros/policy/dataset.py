@@ -9,6 +9,12 @@ Sample at decision step t: frames t-n_obs+1 .. t (the first frame repeated befor
 start), the measured EE xy at t (with the goal input: then the goal xy minus it), and actions
 t .. t+H-1 (the last action repeated past the episode end: the expert holds its final target).
 Every step of every episode is a sample.
+
+Chunk labels of episodes a policy drove (DAgger, ``driver: policy``): the recorded targets
+t+1 .. t+H-1 are the expert's labels at the states the *policy* reached, so they move at the
+policy's pace (a policy at half the expert's pace is taught its own pace back).
+``policy_labels='expert_pace'`` replaces them by :func:`expert_pace_chunk`: the expert's
+recorded steps, advanced at the pace the filter-tracked expert achieves in its own episodes.
 """
 
 from dataclasses import dataclass
@@ -102,6 +108,7 @@ class Episode:
     action: np.ndarray   # (T, 2) float32
     name: str
     goal: Optional[np.ndarray] = None  # (2,) float32 goal xy [m], if the file has one
+    driver: str = 'expert'  # who executed: expert (noisy) or policy (DAgger); older files: expert
 
 
 def load_episode(path: Path) -> Episode:
@@ -111,13 +118,40 @@ def load_episode(path: Path) -> Episode:
         ee = np.asarray(data['ee_pos'], dtype=np.float32)[:, :2]
         action = np.asarray(data['action'], dtype=np.float32)
         goal = np.asarray(data['goal'], dtype=np.float32).reshape(2) if 'goal' in data else None
+        driver = str(data['driver']) if 'driver' in data else 'expert'
     if not (len(images) == len(ee) == len(action)) or len(images) == 0:
         raise ValueError(f'{path}: images/ee_pos/action lengths differ or are empty')
     if not (np.isfinite(ee).all() and np.isfinite(action).all()):
         raise ValueError(f'{path}: non-finite values')
     if goal is not None and not np.isfinite(goal).all():
         raise ValueError(f'{path}: non-finite goal')
-    return Episode(images, ee, action, path.stem, goal)
+    return Episode(images, ee, action, path.stem, goal, driver)
+
+
+POLICY_LABELS = ('recorded', 'expert_pace')
+
+
+def expert_pace_chunk(ee_xy: np.ndarray, action: np.ndarray, horizon: int,
+                      pace: float) -> np.ndarray:
+    """Return (T, H, 2) absolute label chunks that advance at the expert's pace.
+
+    The expert's step at visited state j is ``d_j = action[j] - ee_xy[j]`` (its full step,
+    ``max_step_m``). From the EE at t a virtual TCP ``p`` advances ``pace * d_j`` per step
+    (``pace``: the fraction of its step the filter-tracked expert covers per decision in its own
+    episodes), and label k is ``p_k + d_{t+k}`` - what a recorded expert episode labels, a
+    target one step ahead of the TCP. Past the episode end the last label holds, as the recorded
+    labels do. With exact tracking (``ee_xy[t+1] == action[t]``) and ``pace`` 1 the chunks are
+    the recorded ones.
+    """
+    ee = np.asarray(ee_xy, dtype=np.float64)
+    act = np.asarray(action, dtype=np.float64)
+    n = len(act)
+    idx = np.clip(np.arange(n)[:, None] + np.arange(horizon)[None, :], 0, n - 1)
+    steps = (act - ee)[idx]                                       # (T, H, 2): d_{t+k}
+    travelled = np.cumsum(steps, axis=1) - steps                  # sum_{j<k} d_{t+j}
+    labels = ee[:, None, :] + pace * travelled + steps
+    held = np.minimum(np.arange(horizon)[None, :], (n - 1 - np.arange(n))[:, None])
+    return np.take_along_axis(labels, held[:, :, None], axis=1).astype(np.float32)
 
 
 def low_dim_input(ee_xy: np.ndarray, goal_xy: Optional[np.ndarray] = None) -> np.ndarray:
@@ -148,13 +182,20 @@ class ChunkDataset:
 
     With ``relative`` the action chunk is given relative to the EE xy measured at the
     observation step (``action_frame: relative_ee``). With ``goal`` the proprio row is the EE xy
-    followed by the episode's goal xy minus it (``goal_dim: 2``).
+    followed by the episode's goal xy minus it (``goal_dim: 2``). ``policy_labels`` and
+    ``expert_pace``: the chunk labels of policy-driven episodes (module docstring).
     """
 
     def __init__(self, episodes: List[Episode], n_obs_steps: int, horizon: int,
-                 relative: bool, goal: bool = False) -> None:
+                 relative: bool, goal: bool = False, policy_labels: str = 'recorded',
+                 expert_pace: float = 1.0) -> None:
         if not episodes:
             raise ValueError('no episodes')
+        if policy_labels not in POLICY_LABELS:
+            raise ValueError(f'policy_labels must be one of {POLICY_LABELS}, got '
+                             f'{policy_labels!r}')
+        if not 0.0 < expert_pace <= 1.0:
+            raise ValueError(f'expert_pace must be in (0, 1], got {expert_pace}')
         if goal:
             missing = [ep.name for ep in episodes if ep.goal is None]
             if missing:
@@ -165,6 +206,10 @@ class ChunkDataset:
         self.n_obs = n_obs_steps
         self.horizon = horizon
         self.relative = relative
+        # Per episode: (T, H, 2) label chunks replacing the recorded ones, or None.
+        self.chunks = [expert_pace_chunk(ep.ee_xy, ep.action, horizon, expert_pace)
+                       if policy_labels == 'expert_pace' and ep.driver == 'policy' else None
+                       for ep in episodes]
         self.index = np.array([(e, t) for e, ep in enumerate(episodes)
                                for t in range(len(ep.action))], dtype=np.int64)
 
@@ -188,7 +233,9 @@ class ChunkDataset:
             ee_xy[i] = ep.ee_xy[t]
             if goal_xy is not None:
                 goal_xy[i] = ep.goal
-            action[i] = ep.action[np.clip(np.arange(t, t + self.horizon), 0, n - 1)]
+            chunks = self.chunks[e]
+            action[i] = (chunks[t] if chunks is not None
+                         else ep.action[np.clip(np.arange(t, t + self.horizon), 0, n - 1)])
         if self.relative:
             action -= ee_xy[:, None, :]
         return {'images': images, 'proprio': low_dim_input(ee_xy, goal_xy), 'action': action}
@@ -209,7 +256,8 @@ class ChunkDataset:
 
 def load_demos(demo_dirs: Union[PathLike, Sequence[PathLike]], n_obs_steps: int, horizon: int,
                relative: bool, val_fraction: float, seed: int,
-               max_episodes: Optional[int] = None, progress: bool = False, goal: bool = False
+               max_episodes: Optional[int] = None, progress: bool = False, goal: bool = False,
+               policy_labels: str = 'recorded', expert_pace: float = 1.0
                ) -> Tuple[ChunkDataset, Optional[ChunkDataset], DemoMeta, List[str]]:
     """Load one or several demo directories into (train, val or None, meta, val names).
 
@@ -217,7 +265,8 @@ def load_demos(demo_dirs: Union[PathLike, Sequence[PathLike]], n_obs_steps: int,
     the policy depends on (push height, decision period); the meta returned is the first's,
     with the directory list added. ``max_episodes`` applies per directory. Validation
     episodes are drawn from every directory alike (by episode, reproducibly). ``goal``: the
-    goal input (see :class:`ChunkDataset`).
+    goal input, ``policy_labels`` / ``expert_pace`` the labels of policy-driven episodes (see
+    :class:`ChunkDataset`).
     """
     dirs = [demo_dirs] if isinstance(demo_dirs, (str, Path)) else list(demo_dirs)
     if not dirs:
@@ -245,9 +294,11 @@ def load_demos(demo_dirs: Union[PathLike, Sequence[PathLike]], n_obs_steps: int,
         for ep, path in zip(episodes, files):
             ep.name = f'{path.parent.name}/{path.stem}'
     train_idx, val_idx = split_episodes(len(episodes), val_fraction, seed)
-    train = ChunkDataset([episodes[i] for i in train_idx], n_obs_steps, horizon, relative, goal)
-    val = (ChunkDataset([episodes[i] for i in val_idx], n_obs_steps, horizon, relative, goal)
-           if val_idx else None)
+    labels = dict(policy_labels=policy_labels, expert_pace=expert_pace)
+    train = ChunkDataset([episodes[i] for i in train_idx], n_obs_steps, horizon, relative, goal,
+                         **labels)
+    val = (ChunkDataset([episodes[i] for i in val_idx], n_obs_steps, horizon, relative, goal,
+                        **labels) if val_idx else None)
     meta = metas[0]
     if len(dirs) > 1:
         meta = DemoMeta(meta.push_height_m, meta.decision_period_s,

@@ -29,7 +29,8 @@ from genpolicy_ros.policy.checkpoint import atomic_save
 from genpolicy_ros.paths import config_path
 from genpolicy_ros.policy.config import (PolicyConfig, read_ros_params, TRAIN_NODE,
                                          TRAIN_YAML, TrainConfig)
-from genpolicy_ros.policy.dataset import ChunkDataset, load_demos, Normalizer
+from genpolicy_ros.policy.dataset import ChunkDataset, load_demos, Normalizer, \
+    POLICY_LABELS
 from genpolicy_ros.policy.flow import flow_matching_loss
 from genpolicy_ros.policy.network import (count_parameters, FlowPolicyNet, images_to_tensor,
                                           random_shift)
@@ -55,6 +56,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='with --init-from a checkpoint without goal input: add the goal input '
                         '(goal_dim 2), its weights zero, so training starts from the source '
                         'policy\'s behaviour')
+    p.add_argument('--policy-labels', choices=POLICY_LABELS,
+                   help='chunk labels of policy-driven (DAgger) episodes (default: YAML)')
     p.add_argument('--config', help='training YAML (default: config/train_policy.yaml)')
     p.add_argument('--max-episodes', type=int, help='use only the first N episodes')
     p.add_argument('--checkpoint-every', type=int, help='iterations between checkpoints')
@@ -179,7 +182,8 @@ class Trainer:
         for key, value in (('iters', args.iters), ('batch_size', args.batch_size),
                            ('seed', args.seed), ('threads', args.threads),
                            ('learning_rate', getattr(args, 'learning_rate', None)),
-                           ('checkpoint_every_iters', args.checkpoint_every)):
+                           ('checkpoint_every_iters', args.checkpoint_every),
+                           ('policy_labels', getattr(args, 'policy_labels', None))):
             if value is not None:
                 tc[key] = value
         self.tc = TrainConfig.from_dict(tc)
@@ -202,7 +206,8 @@ class Trainer:
         self.train_set, self.val_set, meta, self.val_names = load_demos(
             args.demos, int(shape['n_obs_steps']), int(shape['horizon']),
             shape['action_frame'] == 'relative_ee', self.tc.val_fraction, self.tc.seed,
-            args.max_episodes, progress=not args.no_progress, goal=goal)
+            args.max_episodes, progress=not args.no_progress, goal=goal,
+            policy_labels=self.tc.policy_labels, expert_pace=self.tc.expert_pace)
         self.meta = meta
         if source:
             # Fine-tuning keeps the source's normaliser: the weights were trained in its scale.
