@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Field-expert policies f1-f3: the memoryless push field (config/sim.yaml expert.kind: field)
-# demonstrates and labels instead of the modal expert. f1 = v3's weights trained further on
-# 1000 field-expert episodes driven through the CBF filter (DART noise); f2, f3 = DAgger rounds
-# with the previous policy driving and the field expert labelling. Exactly the commands used.
+# Field-expert policies f1-f5 (f3 shipped): the memoryless push field (config/sim.yaml
+# expert.kind: field) demonstrates and labels instead of the modal expert. f1 = v3's weights
+# trained further on 1000 field-expert episodes driven through the CBF filter (DART noise);
+# f2-f4 = DAgger rounds with the previous policy driving and the field expert labelling; f5 = f4
+# with the DAgger chunks at the expert's pace. Exactly the commands used.
 # Usage: nohup scripts/train_field.sh > runs/field.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
