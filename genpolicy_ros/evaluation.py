@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import math
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from genpolicy_ros.safety.filter import RobotState, SafetyFilter
 from genpolicy_ros.safety.reference import ReferenceTracker
 from genpolicy_ros.sim.config import SimConfig
 from genpolicy_ros.sim.episode import observe
+from genpolicy_ros.sim.expert import make_expert
+from genpolicy_ros.sim.phase_stats import PhaseStats
 from genpolicy_ros.sim.task import EVAL_SEED_START
 from genpolicy_ros.sim.variants import apply_task_variant, DEFAULT_VARIANT, variant_names
 from genpolicy_ros.sim.world import PandaWorld
@@ -90,9 +92,8 @@ class LockstepStack:
                  world_hook=None, task_variant: str = DEFAULT_VARIANT,
                  max_decisions: Optional[int] = None, stop_on_hold: bool = False,
                  novelty_model=None, runtime_overrides: Optional[dict] = None) -> None:
-        runtime = PolicyRuntimeConfig.load()  # first: a bad override fails before any world
-        if runtime_overrides:
-            runtime = PolicyRuntimeConfig.from_dict(dict(runtime.to_dict(), **runtime_overrides))
+        # First: a bad override fails (its __post_init__ checks) before any world exists.
+        runtime = replace(PolicyRuntimeConfig.load(), **(runtime_overrides or {}))
         self.sim = apply_task_variant(SimConfig.load(), task_variant)
         self.task_variant = task_variant
         self.max_decisions = max_decisions
@@ -128,6 +129,7 @@ class LockstepStack:
         self.control_dt = 1.0 / self.sim.control_hz
         self.control_per_decision = int(round(self.sim.control_hz / self.sim.decision_hz))
         self.world_hook = world_hook
+        self.decision_hook: Optional[Callable[[dict], None]] = None  # obs of each decision
         self.frames: List[np.ndarray] = []
 
     def _new_monitor(self) -> Optional[RuntimeMonitor]:
@@ -183,6 +185,8 @@ class LockstepStack:
                 break
             if obs['cube_pose'][2] < 0.0:
                 break  # cube fell off the table
+            if self.decision_hook is not None:
+                self.decision_hook(obs)
             plan = self.planner.plan(obs)
             stats.decisions += 1
             self.tracker.set_chunk_arrays(plan.stamp_s, plan.times_from_start_s, plan.positions,
@@ -318,6 +322,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                    help='Euler steps K per chunk (default: flow_steps of config/policy.yaml)')
     p.add_argument('--samples', type=int, default=None,
                    help='chunks sampled per decision N (default: n_samples of policy.yaml)')
+    p.add_argument('--phases', action='store_true',
+                   help='also print decisions, progress and direction per phase of the scripted '
+                        'expert at the visited states (where the time goes)')
     p.add_argument('--threads', type=int, default=1, help='torch threads')
     return p.parse_args(argv)
 
@@ -334,6 +341,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                                    ('n_samples', args.samples)) if v is not None}
     stack = LockstepStack(args.policy, args.checkpoint, not args.no_filter, args.monitor,
                           task_variant=args.task, runtime_overrides=overrides)
+    phases = None
+    if args.phases:
+        phases = PhaseStats(make_expert(stack.sim.expert, stack.sim.task.tcp_push_z_m))
+        stack.decision_hook = phases.on_decision
     results: List[EpisodeStats] = []
     t0 = time.monotonic()
     try:
@@ -341,6 +352,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             seed = args.seed + i
             r = stack.run_episode(seed, record_video=bool(args.video) and i == 0)
             results.append(r)
+            if phases is not None:
+                phases.end_episode()
             modes = sorted(set(r.modes)) if r.modes else ['-']
             print(f'episode {i:3d} seed {seed}: {"success" if r.success else "FAILURE"} '
                   f'decisions={r.decisions:3d} dist={r.final_distance_m * 100:5.1f} cm '
@@ -360,6 +373,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         m, m_lo, m_hi = mean_interval([r.mean_intervention_mps for r in results])
         print(f'intervention per episode {m:.4f} m/s (95% CI {m_lo:.4f}-{m_hi:.4f}, '
               f'normal approximation over episodes)', flush=True)
+    if phases is not None:
+        print(phases.table(), flush=True)
     print(summary_line(results), flush=True)
     sys.exit(0)
 

@@ -13,9 +13,14 @@ LAST_LINE = re.compile(r'^success_rate=(\S+) violations=(\d+) mean_intervention=
 def test_eval_prints_the_contract_line_and_keeps_every_barrier(capsys):
     with pytest.raises(SystemExit) as exc:
         main(['--policy', 'expert', '--episodes', '1', '--seed', '100004',
-              '--monitor', 'observe'])
+              '--monitor', 'observe', '--phases'])
     assert exc.value.code == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    # --phases: the expert driving through the filter moves along its own direction.
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ['phase'])
+    rows = [line.split() for line in lines[header + 1:-1]]
+    assert {r[0] for r in rows} <= {'orbit', 'blend', 'push'} and 'push' in {r[0] for r in rows}
+    assert all(float(r[3]) > 0.9 and 5.0 < float(r[2]) <= 20.0 for r in rows), rows
     m = LAST_LINE.match(lines[-1])
     assert m, lines[-1]
     assert float(m.group(1)) == 1.0, '\n'.join(lines)
