@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import math
 import sys
 import time
+import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -32,6 +33,7 @@ from genpolicy_ros.monitor.monitor import load_novelty_model, MonitorConfig, Run
 from genpolicy_ros.paths import config_path
 from genpolicy_ros.policy.chunk_plan import DOWN_QUATERNION, ExpertPlanner, FlowPlanner
 from genpolicy_ros.policy.config import PolicyRuntimeConfig
+from genpolicy_ros.policy.policy import resolve_checkpoint
 from genpolicy_ros.robot import FrankaModel
 from genpolicy_ros.safety.config import SafetyConfig
 from genpolicy_ros.safety.filter import RobotState, SafetyFilter
@@ -122,6 +124,9 @@ class LockstepStack:
                     f'{path} does not exist: run genpolicy-calibrate first, or evaluate with '
                     '--monitor observe|off')
             self.calibration = load_calibration(path)
+            if policy == 'flow':
+                _warn_if_calibrated_for_another(self.calibration.policy_checkpoint,
+                                                checkpoint or runtime.checkpoint)
         # ``novelty_model`` given: the one being calibrated (the shipped file may be older).
         if novelty_model is None and monitor != 'off':
             novelty_model = load_novelty_model(self.monitor_config)
@@ -377,6 +382,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(phases.table(), flush=True)
     print(summary_line(results), flush=True)
     sys.exit(0)
+
+
+def _warn_if_calibrated_for_another(calibrated: str, gated: str) -> None:
+    """Warn when the monitor gates a policy its thresholds were not calibrated on.
+
+    The consistency threshold is a quantile of the calibrated policy's own sample spread;
+    another policy's spread (and its false-alarm rate) can differ.
+    """
+    if resolve_checkpoint(calibrated).resolve() != resolve_checkpoint(gated).resolve():
+        warnings.warn(f'the monitor was calibrated for {calibrated}, not {gated}: its '
+                      'thresholds may not hold (genpolicy-calibrate --checkpoint, or '
+                      '--monitor observe|off)', stacklevel=3)
 
 
 # Calibration episodes use their own seed range: never training (< 100000) nor evaluation.

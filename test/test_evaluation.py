@@ -77,3 +77,17 @@ def test_runtime_overrides_reach_the_policy_and_bad_ones_are_refused():
         stack.close()
     with pytest.raises(ValueError, match='flow_steps and n_samples must be >= 1'):
         LockstepStack('flow', monitor='off', runtime_overrides={'flow_steps': 0})
+
+
+def test_gating_a_policy_the_monitor_was_not_calibrated_on_warns():
+    import warnings
+
+    from genpolicy_ros.evaluation import LockstepStack
+    from genpolicy_ros.paths import checkpoint_path
+    with warnings.catch_warnings():
+        # The shipped policy with its own calibration: silent.
+        warnings.simplefilter('error', UserWarning)
+        LockstepStack('flow', monitor='gate').close()
+    with pytest.warns(UserWarning, match='monitor was calibrated for push_flow_f3.pt'):
+        stack = LockstepStack('flow', str(checkpoint_path('push_flow_v3.pt')), monitor='gate')
+    stack.close()
