@@ -176,6 +176,7 @@ class Bringup:
         for thread in self._threads:
             thread.start()
         self._client = self.monitor.create_client(Trigger, '/monitor_node/reset')
+        self._hold_client = self.monitor.create_client(Trigger, '/monitor_node/hold')
         self._episode_client = self.sim.create_client(Trigger, '/sim_node/reset_episode')
 
     def call(self, client, timeout_s: float = 5.0) -> Trigger.Response:
@@ -185,9 +186,12 @@ class Bringup:
     def next_episode(self, settle_s: float = 0.5, timeout_s: float = 5.0) -> str:
         """Start the next episode: new cube/goal, arm at the start, policy and monitor reset.
 
-        Rebuilding the PyBullet scene pauses the joint states, which the monitor rightly
-        treats as a fault; the operator-style reset is retried until the inputs are live.
+        As an operator would: hold the arm first (the scene reset moves it to the start pose
+        in one step, which the monitor would otherwise rightly report as a command jump), then
+        reset the scene. Rebuilding it pauses the joint states, so the operator-style reset
+        is retried until the inputs are live.
         """
+        self.call(self._hold_client)
         reply = self.call(self._episode_client)
         self.policy.reset_episode()
         time.sleep(settle_s)
@@ -309,6 +313,7 @@ class GraphWatcher(Node):
         self.create_subscription(PoseStamped, '/genpolicy/sim/cube_pose', self._on_cube, 10)
         self.create_subscription(PointStamped, '/genpolicy/sim/goal', self._on_goal, 10)
         self.monitor_reset = self.create_client(Trigger, '/monitor_node/reset')
+        self.monitor_hold = self.create_client(Trigger, '/monitor_node/hold')
         self.sim_reset = self.create_client(Trigger, '/sim_node/reset_episode')
         self.policy_reset = self.create_client(Trigger, '/policy_node/reset_episode')
 
@@ -481,7 +486,11 @@ class ProcessBringup:
         return _call(client, timeout_s, self.check)
 
     def next_episode(self, settle_s: float = 0.5, timeout_s: float = 10.0) -> str:
-        """Start the next episode: new cube/goal, arm at the start, policy and monitor reset."""
+        """Start the next episode: new cube/goal, arm at the start, policy and monitor reset.
+
+        The monitor is put on HOLD first, as in :meth:`Bringup.next_episode`.
+        """
+        self.call(self.watcher.monitor_hold)
         reply = self.call(self.watcher.sim_reset)
         self.watcher.new_episode()
         self.call(self.watcher.policy_reset)
